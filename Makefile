@@ -1,0 +1,49 @@
+# loopwatch: `make run` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test lint typecheck unit integration bench deps-system dashboard clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/activate pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(BIN)/activate pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/loopwatch run
+
+# Debian's prometheus (promtool, and a real server for the integration tests) when
+# running as root; otherwise the tests that need it skip (or fail under CI=true).
+deps-system:
+	@if ! command -v promtool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's prometheus"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; \
+	fi
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check daemon tests benchmarks deploy
+	$(BIN)/ruff format --check daemon tests benchmarks deploy
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+test: $(VENV)/.installed-dev deps-system lint typecheck
+	$(BIN)/pytest --cov --cov-report=term:skip-covered
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/loopwatch bench --out benchmarks/results
+
+dashboard: $(VENV)/.installed-dev
+	$(PY) deploy/grafana/generate.py > deploy/grafana/dashboards/loopwatch.json
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage

@@ -1,0 +1,129 @@
+"""Command line: args -> config -> run/check/bench. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+from daemon import __version__
+from daemon.config import DaemonConfig, config_path_from_env, load_config
+from daemon.errors import ConfigError, EndpointError
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the metrics port is taken; a restart may succeed
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from restart-looping
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loopwatch",
+        description="Run synchronous work from asyncio and prove the event loop stays free.",
+    )
+    parser.add_argument("--version", action="version", version=f"loopwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "run the daemon until SIGTERM/SIGINT"),
+        ("check", "validate a config and print the effective config"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "-c", "--config", type=Path, metavar="PATH",
+            help="config file (default: $LOOPWATCH_CONFIG, else the embedded default)",
+        )  # fmt: skip
+    bench = commands.add_parser("bench", help="benchmark the strategies on this machine")
+    bench.add_argument("--quick", action="store_true", help="shorter runs (under 3 minutes)")
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR")
+    bench.add_argument("--target", metavar="MOD:FN", help="benchmark your own function")
+    bench.add_argument("--kwargs", default="{}", metavar="JSON", help="kwargs for --target")
+    bench.add_argument("--seconds", type=float, default=None, help="seconds per cell")
+    bench.add_argument("--overhead", action="store_true", help="only the offload-overhead part")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``loopwatch`` console script."""
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command == "bench":
+        from daemon.bench.command import run_bench  # noqa: PLC0415 - rich/matplotlib only here
+
+        return run_bench(args)
+    path = config_path_from_env(args.config, os.environ)
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        print(f"loopwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(cfg.model_dump_json(indent=2))
+        return EXIT_OK
+    return _run_daemon(cfg, path)
+
+
+def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
+    import aiorun  # noqa: PLC0415
+
+    from daemon.app import App  # noqa: PLC0415
+    from daemon.endpoint import MetricsEndpoint  # noqa: PLC0415
+    from daemon.logs import configure_logging  # noqa: PLC0415
+    from daemon.metrics import Metrics  # noqa: PLC0415
+    from daemon.systemd import Notifier  # noqa: PLC0415
+
+    configure_logging(cfg.logging)
+    log = structlog.get_logger("loopwatch")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, loop_name=cfg.daemon.loop)
+    endpoint = MetricsEndpoint(cfg.metrics, registry) if cfg.metrics.port else None
+    try:
+        if endpoint is not None:
+            endpoint.start()
+    except ConfigError as exc:
+        log.error("startup_failed", error=str(exc))
+        return EXIT_CONFIG
+    except EndpointError as exc:
+        log.error("startup_failed", error=str(exc))
+        return EXIT_UNAVAILABLE
+    app = App(
+        cfg, config_path=path, metrics=metrics, endpoint=endpoint, notifier=Notifier(),
+        environ=os.environ,
+    )  # fmt: skip
+    aiorun.run(
+        app.run(),
+        shutdown_callback=app.shutdown,
+        use_uvloop=cfg.daemon.loop == "uvloop",
+        timeout_task_shutdown=5.0,
+    )
+    _leave_stragglers(log)
+    return app.exit_code
+
+
+def _leave_stragglers(log: structlog.typing.FilteringBoundLogger) -> None:
+    """Exit past threads that cannot be stopped (a pool thread stuck in a target).
+
+    The interpreter would join them at exit and hang; their calls were counted and
+    cancelled already, so they are logged by name and left behind.
+    """
+    stuck = [
+        t.name for t in threading.enumerate()
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]  # fmt: skip
+    if stuck:
+        log.warning("shutdown_stragglers", threads=stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,330 @@
+"""The config model: TOML file + ``LOOPWATCH_`` environment overrides -> frozen DaemonConfig."""
+
+from __future__ import annotations
+
+import importlib.resources
+import inspect
+import importlib.util
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daemon import targets
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "LOOPWATCH_"
+ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
+
+StrategyName = Literal["blocking", "thread", "process", "cooperative", "executor", "dask"]
+# Strategies that hand the target to a concurrent.futures-style executor, where an
+# ``async def`` target would only produce a coroutine object that never runs.
+EXECUTOR_STRATEGIES: frozenset[str] = frozenset({"blocking", "thread", "process", "executor", "dask"})
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class DaemonSectionConfig(_Model):
+    """``[daemon]``: process-wide choices that need a restart to change."""
+
+    loop: Literal["asyncio", "uvloop"] = "asyncio"
+
+
+class TickerConfig(_Model):
+    """``[ticker]``: the tutorial's 1 s ticker."""
+
+    interval: PositiveFloat = 1.0
+
+
+class ProbeConfig(_Model):
+    """``[probe]``: the lag probe and the stall watchdog."""
+
+    resolution: Annotated[float, Field(gt=0, le=1.0)] = 0.01
+    stall_threshold: PositiveFloat = 0.1
+
+    @model_validator(mode="after")
+    def _threshold_above_resolution(self) -> Self:
+        if self.stall_threshold <= self.resolution:
+            raise ValueError(
+                f"stall_threshold ({self.stall_threshold}) must be greater than "
+                f"resolution ({self.resolution})"
+            )
+        return self
+
+
+class MetricsConfig(_Model):
+    """``[metrics]``: the Prometheus endpoint."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9321
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    client_ca: str | None = None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca needs tls_cert and tls_key (client certificates need TLS)")
+        return self
+
+
+class LoggingConfig(_Model):
+    """``[logging]``."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+
+class ShutdownConfig(_Model):
+    """``[shutdown]``."""
+
+    timeout: NonNegativeFloat = 10.0
+
+
+class ThreadExecutorConfig(_Model):
+    """``[executors.thread]``: the shared ThreadPoolExecutor."""
+
+    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
+
+
+class ProcessExecutorConfig(_Model):
+    """``[executors.process]``: the shared ProcessPoolExecutor."""
+
+    max_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    start_method: Literal["fork", "spawn", "forkserver"] = "forkserver"
+
+
+class CooperativeExecutorConfig(_Model):
+    """``[executors.cooperative]``: time-sliced generators on the loop."""
+
+    slice: PositiveFloat = 0.005
+    yield_every: Annotated[int, Field(ge=1)] | None = None
+
+
+class DaskExecutorConfig(_Model):
+    """``[executors.dask]``: a Dask cluster; ``address = ""`` starts an embedded one."""
+
+    address: str = ""
+    n_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
+
+
+class ExecutorsConfig(_Model):
+    """``[executors.*]``."""
+
+    thread: ThreadExecutorConfig = ThreadExecutorConfig()
+    process: ProcessExecutorConfig = ProcessExecutorConfig()
+    cooperative: CooperativeExecutorConfig = CooperativeExecutorConfig()
+    dask: DaskExecutorConfig = DaskExecutorConfig()
+
+
+class WorkerConfig(_Model):
+    """One ``[[workers]]`` entry: a target called over and over through a strategy."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+    target: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")]
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    strategy: StrategyName = "thread"
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 1
+    interval: NonNegativeFloat = 0.0
+    timeout: PositiveFloat = 30.0
+    executor: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+
+    @model_validator(mode="after")
+    def _executor_only_with_executor_strategy(self) -> Self:
+        if self.strategy == "executor" and self.executor is None:
+            raise ValueError('strategy "executor" needs executor = "module:factory"')
+        if self.strategy != "executor" and self.executor is not None:
+            raise ValueError(f'executor is only used with strategy "executor", not "{self.strategy}"')
+        return self
+
+
+class DaemonConfig(_Model):
+    """The whole validated config; runtime objects are built from it, never the reverse."""
+
+    daemon: DaemonSectionConfig = DaemonSectionConfig()
+    ticker: TickerConfig = TickerConfig()
+    probe: ProbeConfig = ProbeConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    shutdown: ShutdownConfig = ShutdownConfig()
+    executors: ExecutorsConfig = ExecutorsConfig()
+    # TOML gives a list; strict mode would only accept a tuple.
+    workers: tuple[WorkerConfig, ...] = Field(default=(), strict=False)
+
+
+
+def default_toml() -> str:
+    """The embedded default config (a demo); ``config/default.toml`` is the same, written out."""
+    return importlib.resources.files("daemon").joinpath("default.toml").read_text("utf-8")
+
+
+def config_path_from_env(cli_path: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """``-c PATH``, else ``$LOOPWATCH_CONFIG``, else None (the embedded default)."""
+    if cli_path is not None:
+        return cli_path
+    env_path = environ.get(ENV_CONFIG_PATH)
+    return Path(env_path) if env_path else None
+
+
+def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> DaemonConfig:
+    """Read, override from the environment, validate and cross-check a config.
+
+    Raises ConfigError with one detail line per problem, each naming its key path.
+    """
+    environ = os.environ if environ is None else environ
+    raw = _parse_toml(path)
+    _apply_env_overrides(raw, environ)
+    try:
+        cfg = DaemonConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_source(path) + " is invalid", _format_errors(exc)) from None
+    problems = cross_check(cfg)
+    if problems:
+        raise ConfigError(_source(path) + " is invalid", problems)
+    return cfg
+
+
+def _source(path: Path | None) -> str:
+    return f"config {str(path)!r}" if path is not None else "embedded default config"
+
+
+def _parse_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return tomllib.loads(default_toml())
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {str(path)!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message already ends with "(at line L, column C)".
+        raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Apply ``LOOPWATCH_SECTION__KEY=value``; values are read as TOML values, else strings."""
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
+            continue
+        keys = [key.lower() for key in name.removeprefix(ENV_PREFIX).split("__")]
+        if not all(keys):
+            raise ConfigError(f"environment variable {name} has an empty key segment")
+        _set_nested(raw, keys, _parse_env_value(value), name)
+
+
+def _parse_env_value(value: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return value
+
+
+def _set_nested(node: Any, keys: list[str], value: Any, env_name: str) -> None:
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"environment variable {env_name}: no list item {key!r}")
+            index = int(key)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"environment variable {env_name}: {keys[i - 1]!r} is not a table")
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """``("workers", 1, "strategy")`` -> ``workers[1].strategy``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        # Model-level validators append no location; union members add their type names.
+        loc = err["loc"]
+        msg = err["msg"].removeprefix("Value error, ")
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) or err["type"] == "missing" else f" (got {given!r})"
+        lines.append(f"{format_loc(loc)}: {msg}{shown}")
+    return lines
+
+
+def cross_check(cfg: DaemonConfig) -> list[str]:
+    """Cross-checks that need imports: targets and factories resolve and suit their strategy."""
+    problems = []
+    first_index: dict[str, int] = {}
+    for i, worker in enumerate(cfg.workers):
+        where = f"workers[{i}]"
+        if worker.name in first_index:
+            problems.append(
+                f'{where}.name: duplicate worker name "{worker.name}" '
+                f"(also workers[{first_index[worker.name]}].name)"
+            )
+        first_index.setdefault(worker.name, i)
+        try:
+            fn = targets.resolve(worker.target)
+        except ConfigError as exc:
+            problems.append(f"{where}.target: {exc.message}")
+        else:
+            problems.extend(_check_target_kind(where, worker, fn))
+        if worker.executor is not None:
+            try:
+                targets.resolve(worker.executor)
+            except ConfigError as exc:
+                problems.append(f"{where}.executor: {exc.message}")
+        if worker.strategy == "dask" and importlib.util.find_spec("distributed") is None:
+            problems.append(
+                f'{where}.strategy: "dask" needs dask.distributed: pip install "loopwatch[dask]"'
+            )
+    if cfg.daemon.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        problems.append('daemon.loop: "uvloop" is not installed: pip install "loopwatch[uvloop]"')
+    return problems
+
+
+def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
+    try:
+        inspect.signature(fn).bind(**worker.kwargs)
+    except TypeError as exc:
+        return [f'{where}.kwargs: do not fit "{worker.target}": {exc}']
+    except ValueError:
+        pass  # some builtins have no signature: the first call will tell
+    if targets.is_async(fn) and worker.strategy in EXECUTOR_STRATEGIES:
+        return [
+            f'{where}.target: "{worker.target}" is an async function; strategy '
+            f'"{worker.strategy}" would only create a coroutine object that never runs. '
+            "Use a synchronous function, or await it in your own async code instead"
+        ]
+    if worker.strategy == "cooperative" and not targets.is_generator(fn):
+        return [
+            f'{where}.target: strategy "cooperative" needs a generator function, and '
+            f'"{worker.target}" is a plain function: write it with `yield` at safe points '
+            "(the strategy gives the loop back at the first yield after its time slice)"
+        ]
+    return []

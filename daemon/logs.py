@@ -1,0 +1,66 @@
+"""configure_logging(cfg): the one structlog.configure call, and stdlib logs through it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+from daemon.config import LoggingConfig
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def _renderer(fmt: str, stream: TextIO) -> structlog.types.Processor:
+    # ConsoleRenderer writes ANSI colours even into pipes: choose by isatty().
+    console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    if console:
+        return structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    return structlog.processors.JSONRenderer()
+
+
+def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging (aiorun, asyncio) to one renderer on ``stream``.
+
+    Safe to call again on reload: the level and format take effect at once.
+    """
+    stream = sys.stderr if stream is None else stream
+    level = LEVELS[cfg.level]
+    shared: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = _renderer(cfg.format, stream)
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        # Not cached, so that a reload's new level reaches loggers already handed out.
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiorun narrates every shutdown step at INFO; its warnings are what matter.
+    logging.getLogger("aiorun").setLevel(max(level, logging.WARNING))

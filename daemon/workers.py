@@ -1,0 +1,216 @@
+"""Worker (one configured target called over and over) and WorkerSupervisor (all of them)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from time import perf_counter
+
+import structlog
+
+from daemon import targets
+from daemon.config import WorkerConfig
+from daemon.metrics import OUTCOMES, Metrics
+from daemon.strategies import Call, Strategy
+from daemon.strategy_set import StrategySet
+from daemon.throttle import LogThrottle
+
+log = structlog.get_logger("loopwatch.workers")
+
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 5.0
+# Grace, past a call's own timeout, before a draining worker cancels it on reload.
+RELOAD_DRAIN_GRACE_S = 1.0
+
+
+def backoff_s(interval_s: float, failures: int) -> float:
+    """Pause before the next call: the interval, or longer while every call fails."""
+    if failures == 0:
+        return interval_s
+    return max(interval_s, min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S))
+
+
+class Worker:
+    """Runs ``concurrency`` slots, each calling the target through the strategy in a loop.
+
+    Metrics are recorded here, in the daemon, never in pool children. Every iteration
+    reaches an ``await`` (even with ``interval = 0`` on ``blocking``), so no worker can
+    keep the loop to itself.
+    """
+
+    def __init__(
+        self, cfg: WorkerConfig, strategy: Strategy, metrics: Metrics, failure_log: LogThrottle
+    ) -> None:
+        self.cfg = cfg
+        self.strategy = strategy
+        self._metrics = metrics
+        self._failure_log = failure_log
+        self._call = Call(targets.resolve(cfg.target), dict(cfg.kwargs), cfg.name)
+        # Label children bound once: every microsecond on the per-call path shows.
+        self._duration = metrics.task_duration.labels(cfg.name, cfg.strategy)
+        self._outcomes = {o: metrics.tasks.labels(cfg.name, cfg.strategy, o) for o in OUTCOMES}
+        self._in_flight = metrics.tasks_in_flight.labels(cfg.name)
+        self._slots: list[asyncio.Task[None]] = []
+        self._calling: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.started = 0
+        self.finished = 0
+
+    @property
+    def name(self) -> str:
+        """The worker's unique name."""
+        return self.cfg.name
+
+    def start(self) -> None:
+        """Start the slots (from the loop)."""
+        self._metrics.worker_info.labels(self.name).info(
+            {"strategy": self.cfg.strategy, "target": self.cfg.target}
+        )
+        self._slots = [
+            asyncio.create_task(self._slot(), name=f"worker:{self.name}:{i}")
+            for i in range(self.cfg.concurrency)
+        ]
+
+    async def stop(self, timeout_s: float) -> None:
+        """Start no new call; let in-flight calls finish for ``timeout_s``, then cancel them.
+
+        Cancelled calls count as ``outcome="cancelled"``; slots that still do not end
+        within a second after that are logged by name.
+        """
+        self._stopping = True
+        for slot in self._slots:
+            if slot not in self._calling:
+                slot.cancel()
+        if not self._slots:
+            return
+        _, pending = await asyncio.wait(self._slots, timeout=timeout_s)
+        for slot in pending:
+            slot.cancel()
+        if pending:
+            _, stuck = await asyncio.wait(pending, timeout=1.0)
+            if stuck:
+                log.warning("worker_stop_stuck", worker=self.name, slots=len(stuck))
+
+    def forget_metrics(self) -> None:
+        """Remove the per-worker gauge and info series of a worker that is gone."""
+        for metric in (self._metrics.worker_info, self._metrics.tasks_in_flight):
+            try:
+                metric.remove(self.name)
+            except KeyError:
+                pass
+
+    async def _slot(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        failures = 0
+        while not self._stopping:
+            self._calling.add(task)
+            try:
+                ok = await self._call_once()
+            finally:
+                self._calling.discard(task)
+            if self._stopping:
+                return
+            failures = 0 if ok else failures + 1
+            await asyncio.sleep(backoff_s(self.cfg.interval, failures))
+
+    async def _call_once(self) -> bool:
+        self.started += 1
+        self._in_flight.inc()
+        start = perf_counter()
+        outcome = "error"
+        try:
+            await self.strategy.call(self._call, self.cfg.timeout)
+            outcome = "ok"
+        except TimeoutError:
+            outcome = "timeout"
+            self._log_failure("TimeoutError", f"call exceeded timeout of {self.cfg.timeout} s")
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception as exc:
+            self._log_failure(type(exc).__name__, str(exc))
+        finally:
+            self.finished += 1
+            self._in_flight.dec()
+            self._duration.observe(perf_counter() - start)
+            self._outcomes[outcome].inc()
+        return outcome == "ok"
+
+    def _log_failure(self, error_type: str, message: str) -> None:
+        fields = {"worker": self.name, "strategy": self.cfg.strategy, "error": f"{error_type}: {message}"}
+        self._failure_log.offer((self.name, error_type), fields)
+
+
+@dataclass
+class Changes:
+    """What a reload did to the workers."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.replaced)
+
+
+class WorkerSupervisor:
+    """Owns the running workers: starts them, applies a new config's difference, stops them."""
+
+    def __init__(self, metrics: Metrics, failure_log: LogThrottle) -> None:
+        self._metrics = metrics
+        self._failure_log = failure_log
+        self.workers: dict[str, Worker] = {}
+
+    async def _new_worker(self, cfg: WorkerConfig, strategies: StrategySet) -> Worker:
+        strategy = await strategies.get(cfg)
+        return Worker(cfg, strategy, self._metrics, self._failure_log)
+
+    async def start(self, cfgs: tuple[WorkerConfig, ...], strategies: StrategySet) -> None:
+        """Build every worker (so a broken strategy fails before any runs), then start them."""
+        new = [await self._new_worker(cfg, strategies) for cfg in cfgs]
+        for worker in new:
+            self.workers[worker.name] = worker
+            worker.start()
+
+    async def apply(self, cfgs: tuple[WorkerConfig, ...], strategies: StrategySet) -> Changes:
+        """Start added workers, drain and stop removed ones, replace changed ones.
+
+        A changed worker (any setting, or its strategy's executor settings) is replaced
+        only after its in-flight calls finish, so no call is lost or run twice.
+        """
+        wanted = {cfg.name: cfg for cfg in cfgs}
+        changes = Changes()
+        drains = []
+        for name, worker in list(self.workers.items()):
+            cfg = wanted.get(name)
+            if cfg is None:
+                changes.removed.append(name)
+                drains.append(self._retire(worker, None, strategies))
+            elif cfg != worker.cfg or strategies.peek(cfg) is not worker.strategy:
+                changes.replaced.append(name)
+                drains.append(self._retire(worker, cfg, strategies))
+        for name, cfg in wanted.items():
+            if name not in self.workers:
+                changes.added.append(name)
+                worker = await self._new_worker(cfg, strategies)
+                self.workers[name] = worker
+                worker.start()
+        await asyncio.gather(*drains)
+        return changes
+
+    async def _retire(
+        self, worker: Worker, successor: WorkerConfig | None, strategies: StrategySet
+    ) -> None:
+        await worker.stop(worker.cfg.timeout + RELOAD_DRAIN_GRACE_S)
+        if successor is None:
+            del self.workers[worker.name]
+            worker.forget_metrics()
+            return
+        replacement = await self._new_worker(successor, strategies)
+        self.workers[worker.name] = replacement
+        replacement.start()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Stop every worker at once, draining in-flight calls for at most ``timeout_s``."""
+        await asyncio.gather(*(w.stop(timeout_s) for w in self.workers.values()))
