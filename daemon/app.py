@@ -53,7 +53,9 @@ class App:
         self.notifier = notifier
         self._environ = environ
         self.occupant = Occupant()
-        self.probe = LagProbe(metrics.event_loop_lag, cfg.probe.resolution, cfg.probe.stall_threshold)
+        self.probe = LagProbe(
+            metrics.event_loop_lag, cfg.probe.resolution, cfg.probe.stall_threshold
+        )
         self.watchdog = StallWatchdog(
             self.probe, metrics.event_loop_stall, metrics.event_loop_stalls, self.occupant
         )
@@ -102,7 +104,7 @@ class App:
         self.notifier.ready(self._status_text())
 
     async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
-        """aiorun's shutdown_callback: drain workers, close pools, stop watching.
+        """Aiorun's shutdown_callback: drain workers, close pools, stop watching.
 
         Every wait has a deadline: in-flight calls get ``shutdown.timeout``, pools one
         second more to let children go, the endpoint its poll interval.

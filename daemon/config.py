@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib.resources
-import inspect
 import importlib.util
+import inspect
 import os
 import tomllib
 from collections.abc import Mapping
@@ -22,7 +22,9 @@ ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
 StrategyName = Literal["blocking", "thread", "process", "cooperative", "executor", "dask"]
 # Strategies that hand the target to a concurrent.futures-style executor, where an
 # ``async def`` target would only produce a coroutine object that never runs.
-EXECUTOR_STRATEGIES: frozenset[str] = frozenset({"blocking", "thread", "process", "executor", "dask"})
+EXECUTOR_STRATEGIES: frozenset[str] = frozenset(
+    {"blocking", "thread", "process", "executor", "dask"}
+)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -145,7 +147,9 @@ class WorkerConfig(_Model):
         if self.strategy == "executor" and self.executor is None:
             raise ValueError('strategy "executor" needs executor = "module:factory"')
         if self.strategy != "executor" and self.executor is not None:
-            raise ValueError(f'executor is only used with strategy "executor", not "{self.strategy}"')
+            raise ValueError(
+                f'executor is only used with strategy "executor", not "{self.strategy}"'
+            )
         return self
 
 
@@ -161,7 +165,6 @@ class DaemonConfig(_Model):
     executors: ExecutorsConfig = ExecutorsConfig()
     # TOML gives a list; strict mode would only accept a tuple.
     workers: tuple[WorkerConfig, ...] = Field(default=(), strict=False)
-
 
 
 def default_toml() -> str:
@@ -317,14 +320,18 @@ def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> 
         pass  # some builtins have no signature: the first call will tell
     if targets.is_async(fn) and worker.strategy in EXECUTOR_STRATEGIES:
         return [
-            f'{where}.target: "{worker.target}" is an async function; strategy '
-            f'"{worker.strategy}" would only create a coroutine object that never runs. '
-            "Use a synchronous function, or await it in your own async code instead"
+            (
+                f'{where}.target: "{worker.target}" is an async function; strategy '
+                f'"{worker.strategy}" would only create a coroutine object that never runs. '
+                "Use a synchronous function, or await it in your own async code instead"
+            )
         ]
     if worker.strategy == "cooperative" and not targets.is_generator(fn):
         return [
-            f'{where}.target: strategy "cooperative" needs a generator function, and '
-            f'"{worker.target}" is a plain function: write it with `yield` at safe points '
-            "(the strategy gives the loop back at the first yield after its time slice)"
+            (
+                f'{where}.target: strategy "cooperative" needs a generator function, and '
+                f'"{worker.target}" is a plain function: write it with `yield` at safe points '
+                "(the strategy gives the loop back at the first yield after its time slice)"
+            )
         ]
     return []

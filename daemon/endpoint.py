@@ -81,8 +81,8 @@ class MetricsEndpoint:
         if self._server is None:
             return None
         scheme = "https" if self._server.ssl_context is not None else "http"
-        host, port = self._server.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
+        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        host = f"[{host}]" if ":" in host else host
         return f"{scheme}://{host}:{port}/metrics"
 
     def start(self) -> None:

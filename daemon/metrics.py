@@ -31,7 +31,7 @@ DURATION_BUCKETS = (
 OUTCOMES = ("ok", "error", "timeout", "cancelled")
 
 # `_created` series double the series count and no alert or panel uses them.
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:

@@ -7,6 +7,8 @@ import asyncio
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
+import select
 import signal
 import threading
 from collections.abc import Callable
@@ -193,11 +195,25 @@ class ThreadStrategy(PoolStrategy):
         )
 
 
-def _ignore_termination_signals() -> None:
-    # A group SIGTERM/SIGINT (systemd's KillMode=mixed aside, Ctrl-C in a terminal) would
-    # kill pool children mid-call; the parent decides when they end.
+def _init_pool_child(daemon_pid: int) -> None:
+    """Initializer of every pool child: the daemon, not signals, decides when it ends."""
+    # A group SIGTERM/SIGINT (Ctrl-C in a terminal, a kill of the whole cgroup) would kill
+    # children mid-call; the daemon drains them and shuts them down itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # But if the daemon is SIGKILLed, nothing would ever end them: children of a
+    # forkserver hold both ends of their call queue, so they never see EOF. Watch the
+    # daemon through a pidfd (immune to pid reuse) and leave with it.
+    try:
+        pidfd = os.pidfd_open(daemon_pid)
+    except OSError:
+        os._exit(0)
+    threading.Thread(target=_exit_when_readable, args=(pidfd,), daemon=True).start()
+
+
+def _exit_when_readable(fd: int) -> None:
+    select.select([fd], [], [])
+    os._exit(0)
 
 
 class ProcessStrategy(PoolStrategy):
@@ -218,7 +234,8 @@ class ProcessStrategy(PoolStrategy):
         return concurrent.futures.ProcessPoolExecutor(
             self._cfg.max_workers,
             mp_context=multiprocessing.get_context(self._cfg.start_method),
-            initializer=_ignore_termination_signals,
+            initializer=_init_pool_child,
+            initargs=(os.getpid(),),
         )
 
     async def start(self) -> None:

@@ -65,7 +65,7 @@ def _is_plumbing(filename: str) -> bool:
 
 def capture_stack(thread_id: int, limit: int = STACK_LIMIT) -> list[str]:
     """The thread's stack as innermost-last ``file:line function`` lines, plumbing cut."""
-    frame = sys._current_frames().get(thread_id)  # noqa: SLF001 - the only way to see another thread
+    frame = sys._current_frames().get(thread_id)
     frames: list[str] = []
     depth = 0
     while frame is not None and depth < 256:
@@ -157,7 +157,9 @@ class StallWatchdog:
             duration = perf_counter() - beat - self._probe.resolution_s
         self._record(duration, stack, worker, ongoing=ongoing)
 
-    def _record(self, duration: float, stack: list[str], worker: str | None, *, ongoing: bool) -> None:
+    def _record(
+        self, duration: float, stack: list[str], worker: str | None, *, ongoing: bool
+    ) -> None:
         self.stalls += 1
         self._stalls.inc()
         culprit = stack[-1] if stack else "unknown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -27,7 +28,7 @@ def backoff_s(interval_s: float, failures: int) -> float:
     """Pause before the next call: the interval, or longer while every call fails."""
     if failures == 0:
         return interval_s
-    return max(interval_s, min(BACKOFF_FIRST_S * 2 ** (failures - 1), BACKOFF_MAX_S))
+    return max(interval_s, min(BACKOFF_FIRST_S * 2.0 ** (failures - 1), BACKOFF_MAX_S))
 
 
 class Worker:
@@ -94,10 +95,8 @@ class Worker:
     def forget_metrics(self) -> None:
         """Remove the per-worker gauge and info series of a worker that is gone."""
         for metric in (self._metrics.worker_info, self._metrics.tasks_in_flight):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(self.name)
-            except KeyError:
-                pass
 
     async def _slot(self) -> None:
         task = asyncio.current_task()
@@ -138,7 +137,11 @@ class Worker:
         return outcome == "ok"
 
     def _log_failure(self, error_type: str, message: str) -> None:
-        fields = {"worker": self.name, "strategy": self.cfg.strategy, "error": f"{error_type}: {message}"}
+        fields = {
+            "worker": self.name,
+            "strategy": self.cfg.strategy,
+            "error": f"{error_type}: {message}",
+        }
         self._failure_log.offer((self.name, error_type), fields)
 
 

@@ -1,0 +1,208 @@
+"""DaemonProcess: a real ``loopwatch run`` subprocess, its JSON logs, and its endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+Event = dict[str, Any]
+
+
+class DaemonProcess:
+    """Starts ``python -m daemon run -c CONFIG``; reads its stderr as JSON lines."""
+
+    def __init__(
+        self, config: Path, port: int, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
+        self.config = config
+        self.port = port
+        full_env = dict(os.environ)
+        full_env.pop("NOTIFY_SOCKET", None)
+        full_env.pop("WATCHDOG_USEC", None)
+        full_env["PYTHONPATH"] = str(ROOT)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "-c", str(config), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self.events: list[Event] = []
+        self.raw: list[str] = []
+        self._new: queue.Queue[Event] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid."""
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            text = line.decode(errors="replace").rstrip("\n")
+            self.raw.append(text)
+            try:
+                event = json.loads(text)
+            except json.JSONDecodeError:
+                event = {"event": "<not json>", "text": text}
+            if not isinstance(event, dict):
+                event = {"event": "<not json>", "text": text}
+            self.events.append(event)
+            self._new.put(event)
+
+    def wait_event(
+        self, name: str, where: Callable[[Event], bool] = lambda _: True, timeout: float = 20.0
+    ) -> Event:
+        """The first logged event called ``name`` that satisfies ``where`` (past or future)."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                seen += 1
+                if event.get("event") == name and where(event):
+                    return event
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                tail = "\n".join(self.raw[-30:])
+                raise AssertionError(f"no {name!r} event within {timeout} s; log tail:\n{tail}")
+            if self.proc.poll() is not None and self._new.empty() and not self._reader.is_alive():
+                tail = "\n".join(self.raw[-30:])
+                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {name!r}:\n{tail}")
+            try:
+                self._new.get(timeout=min(remaining, 0.2))
+            except queue.Empty:
+                pass
+
+    def named(self, name: str) -> list[Event]:
+        """Every event called ``name`` so far."""
+        return [e for e in self.events if e.get("event") == name]
+
+    def wait_ready(self, timeout: float = 30.0) -> Event:
+        """Wait for the ``startup`` event (the endpoint is bound by then)."""
+        return self.wait_event("startup", timeout=timeout)
+
+    def scrape_text(self, timeout: float = 5.0) -> str:
+        """The endpoint's exposition text."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return str(response.read().decode())
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Samples keyed by (name, sorted labels)."""
+        samples = {}
+        for family in text_string_to_metric_families(self.scrape_text()):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return samples
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """One sample's value, None when absent."""
+        return self.scrape().get((name, tuple(sorted(labels.items()))))
+
+    def wait_value(
+        self, name: str, cond: Callable[[float], bool], timeout: float = 20.0, **labels: str
+    ) -> float:
+        """Scrape until sample ``name{labels}`` satisfies ``cond``."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = self.value(name, **labels)
+            if last is not None and cond(last):
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"{name}{labels} never satisfied the condition; last value {last}")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the daemon."""
+        os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def wait_exit(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit; returns its code."""
+        code = self.proc.wait(timeout)
+        self._close()
+        return code
+
+    def _close(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (cleanup after a failed test)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self._close()
+
+
+def histogram_quantile(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of histogram ``name`` (no labels)."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), value)
+        for (sample, labels), value in samples.items()
+        if sample == f"{name}_bucket"
+    )
+    total = buckets[-1][1]
+    for bound, count in buckets:
+        if count >= q * total:
+            return bound
+    return float("inf")
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids in session ``sid`` (the daemon starts its own session): leftovers show here."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members

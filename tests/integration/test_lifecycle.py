@@ -1,0 +1,166 @@
+"""Lifecycle scenarios of a real ``loopwatch run`` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartDaemon, WriteConfig
+from tests.daemon_process import ROOT, session_members
+
+pytestmark = pytest.mark.integration
+
+WORKERS = """
+[shutdown]
+timeout = 5.0
+[[workers]]
+name = "io"
+target = "daemon.workloads:blocking_io"
+kwargs = { seconds = 0.05 }
+strategy = "thread"
+concurrency = 2
+[[workers]]
+name = "cpu"
+target = "daemon.workloads:countdown"
+kwargs = { n = 200_000 }
+strategy = "process"
+"""
+
+
+def test_1_starts_serves_metrics_and_stops_on_sigterm(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """1. It starts, serves every contract metric, ticks, and exits 0 on SIGTERM."""
+    daemon = start_daemon(write_config(WORKERS + "\n[ticker]\ninterval = 0.2\n"))
+    startup = daemon.wait_ready()
+    assert startup["metrics"] == f"http://127.0.0.1:{daemon.port}/metrics"
+    tick = daemon.wait_event("tick")
+    assert isinstance(tick["drift"], float)
+    daemon.wait_value("loopwatch_tasks_total", lambda v: v >= 2, worker="io", strategy="thread", outcome="ok")
+    daemon.wait_value("loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok")
+    text = daemon.scrape_text()
+    for name in (
+        "loopwatch_event_loop_lag_seconds_bucket",
+        "loopwatch_event_loop_stall_seconds",
+        "loopwatch_event_loop_stalls_total",
+        "loopwatch_tick_drift_seconds",
+        "loopwatch_task_duration_seconds_bucket",
+        "loopwatch_tasks_in_flight",
+        "loopwatch_worker_info",
+        "loopwatch_config_reloads_total",
+        "loopwatch_build_info",
+        "process_resident_memory_bytes",
+        "python_info",
+    ):
+        assert name in text, name
+    assert "_created" not in text
+    for edge in ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0"):
+        assert f'loopwatch_event_loop_lag_seconds_bucket{{le="{edge}"}}' in text, edge
+    assert daemon.stop() == 0
+    assert daemon.named("shutdown")
+    assert session_members(daemon.pid) == []
+
+
+def test_2_sigint_drains_in_flight_calls_and_leaves_no_child(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """2. SIGINT while every worker is mid-call: calls drain, exit 0 in time, no child left."""
+    config = write_config(
+        WORKERS.replace("seconds = 0.05", "seconds = 1.0").replace("n = 200_000", "n = 20_000_000")
+    )
+    daemon = start_daemon(config)
+    daemon.wait_ready()
+    daemon.wait_value("loopwatch_tasks_in_flight", lambda v: v >= 2, worker="io")
+    started = time.monotonic()
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait_exit(10) == 0
+    assert time.monotonic() - started < 5.0 + 1.0
+    shutdown = daemon.wait_event("shutdown")
+    assert shutdown["in_flight_at_signal"] >= 2
+    assert session_members(daemon.pid) == []
+
+
+def test_3_calls_past_the_drain_deadline_are_cancelled_not_waited_for(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """3. Hanging calls on threads and processes: exit 0 within timeout + 1 s, nothing left."""
+    config = write_config(
+        """
+[shutdown]
+timeout = 1.0
+[[workers]]
+name = "hang-thread"
+target = "tests.targets:hang"
+strategy = "thread"
+[[workers]]
+name = "hang-process"
+target = "tests.targets:hang"
+strategy = "process"
+"""
+    )
+    daemon = start_daemon(config)
+    daemon.wait_ready()
+    daemon.wait_value("loopwatch_tasks_in_flight", lambda v: v >= 1, worker="hang-process")
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    daemon.signal(signal.SIGTERM)  # a second signal neither is needed nor hangs it
+    assert daemon.wait_exit(15) == 0
+    assert time.monotonic() - started < 1.0 + 2.5
+    assert session_members(daemon.pid) == []
+    assert daemon.named("shutdown_stragglers")
+
+
+def test_4_bad_config_exits_78_before_binding(tmp_path: Path, write_config: WriteConfig) -> None:
+    """4. A bad config exits 78 with the key path and never binds the port."""
+    config = write_config('[[workers]]\nname = "x"\ntarget = "daemon.workloads:countdown"\nstrategy = "teleport"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "-c", str(config)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 78
+    assert "workers[0].strategy" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_5_taken_port_exits_69_before_workers_start(
+    write_config: WriteConfig, port: int
+) -> None:
+    """5. A port already in use is a clear error (exit 69) before any worker starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        config = write_config(WORKERS)
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon", "run", "-c", str(config)],
+            capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
+        )  # fmt: skip
+    assert result.returncode == 69
+    assert "startup_failed" in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_6_sigkill_leaves_nothing_that_blocks_a_restart(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """6. After SIGKILL the same port binds again at once, and pool children go away."""
+    config = write_config(WORKERS)
+    first = start_daemon(config)
+    first.wait_ready()
+    first.wait_value("loopwatch_tasks_total", lambda v: v >= 1, worker="io", strategy="thread", outcome="ok")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait_exit(10)
+    second = start_daemon(config)
+    second.wait_ready()
+    assert second.stop() == 0
+    deadline = time.monotonic() + 10
+    while session_members(first.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session_members(first.pid) == []

@@ -1,0 +1,82 @@
+"""Targets for test configs: blocking, flaky, hanging and crashing functions.
+
+The daemon under test imports them as ``tests.targets:<name>`` (the tests run it with
+the project root on ``PYTHONPATH``), in pool children too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+
+def block(seconds: float = 0.5) -> float:
+    """Hold the calling thread: on the loop this is a stall of ``seconds``."""
+    time.sleep(seconds)
+    return seconds
+
+
+def spin(seconds: float = 0.2) -> int:
+    """Hold the CPU (and the GIL) for ``seconds``."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+def fail(message: str = "boom") -> None:
+    """Raise every time."""
+    raise RuntimeError(message)
+
+
+def flaky(every: int = 2, marker: str = "") -> int:
+    """Raise on every ``every``-th call of this process (counted in a file if ``marker``)."""
+    path = Path(marker) if marker else None
+    count = int(path.read_text()) + 1 if path and path.exists() else 1
+    if path:
+        path.write_text(str(count))
+    if count % every == 0:
+        raise ValueError(f"flaky call {count}")
+    return count
+
+
+def hang(seconds: float = 3600.0) -> None:
+    """Sleep far past any sensible timeout."""
+    time.sleep(seconds)
+
+
+def die() -> None:
+    """Kill the process running the call (a pool child) with SIGKILL."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record(directory: str, seconds: float = 0.5) -> None:
+    """Write a start file and, ``seconds`` later, a done file: counts calls across reloads."""
+    token = f"{os.getpid()}-{time.monotonic_ns()}"
+    Path(directory, f"{token}.start").touch()
+    time.sleep(seconds)
+    Path(directory, f"{token}.done").touch()
+
+
+def spin_gen(seconds: float = 0.2) -> Generator[None, None, int]:
+    """CPU work with safe points: fine on ``cooperative``, a stall on ``blocking``."""
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        for _ in range(1000):
+            n += 1
+        yield
+    return n
+
+
+async def async_target() -> None:
+    """An ``async def``: a config error on any executor strategy."""
+
+
+def pid() -> int:
+    """The pid of the process that ran the call."""
+    return os.getpid()
