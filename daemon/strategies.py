@@ -239,12 +239,12 @@ class ProcessStrategy(PoolStrategy):
         )
 
     async def start(self) -> None:
-        """Start every child now: forkserver/spawn children take ~0.15 s to come up."""
-        loop = asyncio.get_running_loop()
-        warmups = [
-            loop.run_in_executor(self.executor, targets.noop) for _ in range(self._cfg.max_workers)
-        ]
-        await asyncio.gather(*warmups)
+        """Start every child now, off the loop.
+
+        Starting a forkserver/spawn child blocks its caller ~0.15 s: done on the loop by
+        the first calls, that would be the daemon's first stall.
+        """
+        await asyncio.to_thread(_warm_up, self.executor, self._cfg.max_workers)
 
     async def call(self, call: Call, timeout_s: float) -> Any:  # noqa: D102
         pool = self.executor
@@ -269,6 +269,9 @@ class ProcessStrategy(PoolStrategy):
             log.warning("process_pool_replaced", reason="a child process died")
             broken.shutdown(wait=False, cancel_futures=True)
             self.executor = self._new_pool()
+            threading.Thread(
+                target=_warm_up, args=(self.executor, self._cfg.max_workers), daemon=True
+            ).start()
 
     async def aclose(self, timeout_s: float) -> None:
         """Cancel queued calls, wait for busy children up to ``timeout_s``, then kill them."""
@@ -276,6 +279,11 @@ class ProcessStrategy(PoolStrategy):
         processes = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(_join_processes, processes, timeout_s)
+
+
+def _warm_up(pool: concurrent.futures.Executor, n: int) -> None:
+    futures = [pool.submit(targets.noop) for _ in range(n)]
+    concurrent.futures.wait(futures)
 
 
 def _join_processes(processes: list[Any], timeout_s: float) -> None:
