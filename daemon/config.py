@@ -250,6 +250,8 @@ def _set_nested(node: Any, keys: list[str], value: Any, env_name: str) -> None:
         elif isinstance(node, dict):
             if last:
                 node[key] = value
+            elif key not in node and keys[i + 1].isdigit():
+                raise ConfigError(f"environment variable {env_name}: no list item {keys[i + 1]!r}")
             else:
                 node = node.setdefault(key, {})
         else:

@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from daemon.config import MetricsConfig
-from daemon.errors import EndpointError
+from daemon.errors import ConfigError, EndpointError
 
 # A client that connects and then says nothing (slow-loris) holds one thread for at
 # most this long; it never blocks the accept loop or other scrapes.
@@ -38,14 +38,17 @@ class _Server(ThreadingMixIn, WSGIServer):
         # The TLS handshake runs here, on the per-connection thread, not in accept():
         # prometheus-client wraps the listening socket, so one silent client stalls
         # every scrape. Here it costs that client's thread its timeout, nothing more.
-        if self.ssl_context is not None:
-            request.settimeout(CLIENT_TIMEOUT_S)
-            try:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError):
-                request.close()
-                return
-        super().finish_request(request, client_address)
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(CLIENT_TIMEOUT_S)
+        try:
+            tls = self.ssl_context.wrap_socket(request, server_side=True)
+        except (OSError, ssl.SSLError):
+            request.close()
+            return
+        with tls:
+            super().finish_request(tls, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Broken clients are the client's problem; keep stderr for our own logs."""
@@ -62,7 +65,7 @@ def _ssl_context(cfg: MetricsConfig) -> ssl.SSLContext | None:
             context.load_verify_locations(cafile=cfg.client_ca)
             context.verify_mode = ssl.CERT_REQUIRED
     except (OSError, ssl.SSLError) as exc:
-        raise EndpointError(f"metrics TLS files cannot be loaded: {exc}") from exc
+        raise ConfigError(f"metrics TLS files cannot be loaded: {exc}") from exc
     return context
 
 

@@ -1,0 +1,244 @@
+"""The config model: defaults, every rule with its key path, env overrides, fuzzing."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from daemon.config import DaemonConfig, default_toml, format_loc, load_config
+from daemon.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def errors_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env or {})
+    return info.value.details or [info.value.message]
+
+
+def test_embedded_default_equals_config_default_toml() -> None:
+    """``config/default.toml`` is the embedded default written out."""
+    assert (ROOT / "config/default.toml").read_text() == default_toml()
+    assert load_config(ROOT / "config/default.toml", {}) == load_config(None, {})
+
+
+def test_embedded_default_runs_the_three_demo_workers() -> None:
+    """One I/O worker on thread, one CPU worker on process, one on cooperative."""
+    cfg = load_config(None, {})
+    assert [(w.target, w.strategy) for w in cfg.workers] == [
+        ("daemon.workloads:blocking_io", "thread"),
+        ("daemon.workloads:countdown", "process"),
+        ("daemon.workloads:countdown", "cooperative"),
+    ]
+    assert (cfg.metrics.host, cfg.metrics.port) == ("127.0.0.1", 9321)
+
+
+def test_empty_file_means_every_default_and_no_workers(tmp_path: Path) -> None:
+    """Keys a file leaves out take their defaults; ``workers`` defaults to none."""
+    path = tmp_path / "empty.toml"
+    path.write_text("")
+    cfg = load_config(path, {})
+    assert cfg == DaemonConfig()
+    assert cfg.workers == ()
+    assert cfg.probe.resolution == 0.01
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[probe]\nresolution = 'fast'\n", "probe.resolution: Input should be a valid number (got 'fast')"),
+        ("[probe]\nresolution = 0\n", "probe.resolution: Input should be greater than 0 (got 0)"),
+        ("[probe]\nresolution = 0.2\nstall_threshold = 0.1\n", "probe: stall_threshold (0.1) must be greater than resolution (0.2)"),
+        ("[ticker]\ninterval = -1\n", "ticker.interval: Input should be greater than 0 (got -1)"),
+        ("[metrics]\nport = 70000\n", "metrics.port: Input should be less than or equal to 65535 (got 70000)"),
+        ("[metrics]\nport = '9321'\n", "metrics.port: Input should be a valid integer (got '9321')"),
+        ("[metrics]\ntls_cert = 'a.crt'\n", "metrics: tls_cert and tls_key must be set together"),
+        ("[metrics]\nclient_ca = 'ca.crt'\n", "metrics: client_ca needs tls_cert and tls_key (client certificates need TLS)"),
+        ("[logging]\nformat = 'xml'\n", "logging.format: Input should be 'auto', 'json' or 'console' (got 'xml')"),
+        ("[logging]\nlevel = 'loud'\n", "logging.level: Input should be 'debug', 'info', 'warning', 'error' or 'critical' (got 'loud')"),
+        ("[shutdown]\ntimeout = -0.5\n", "shutdown.timeout: Input should be greater than or equal to 0 (got -0.5)"),
+        ("[executors.thread]\nmax_workers = 0\n", "executors.thread.max_workers: Input should be greater than or equal to 1 (got 0)"),
+        ("[executors.process]\nstart_method = 'vfork'\n", "executors.process.start_method: Input should be 'fork', 'spawn' or 'forkserver' (got 'vfork')"),
+        ("[executors.cooperative]\nyield_every = 0\n", "executors.cooperative.yield_every: Input should be greater than or equal to 1 (got 0)"),
+        ("[daemon]\nloop = 'trio'\n", "daemon.loop: Input should be 'asyncio' or 'uvloop' (got 'trio')"),
+        ("[surprise]\nx = 1\n", "surprise: Extra inputs are not permitted"),
+        ("[probe]\nresolutoin = 0.01\n", "probe.resolutoin: Extra inputs are not permitted (got 0.01)"),
+    ],
+)
+def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: str) -> None:
+    """Each rule reports its key path, the rule and the value given."""
+    assert expected in errors_of(tmp_path, text)
+
+
+def worker(**fields: object) -> str:
+    base: dict[str, object] = {"name": "w", "target": "daemon.workloads:countdown", "strategy": "process"}
+    base.update(fields)
+    body = "\n".join(f"{k} = {_toml(v)}" for k, v in base.items() if v is not None)
+    return f"[[workers]]\n{body}\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"strategy": "teleport"}, "workers[0].strategy: Input should be 'blocking', 'thread', 'process', 'cooperative', 'executor' or 'dask' (got 'teleport')"),
+        ({"name": None}, "workers[0].name: Field required"),
+        ({"name": "has space"}, "workers[0].name: String should match pattern"),
+        ({"target": "no_colon"}, "workers[0].target: String should match pattern"),
+        ({"concurrency": 0}, "workers[0].concurrency: Input should be greater than or equal to 1 (got 0)"),
+        ({"timeout": 0}, "workers[0].timeout: Input should be greater than 0 (got 0)"),
+        ({"interval": -1}, "workers[0].interval: Input should be greater than or equal to 0 (got -1)"),
+        ({"strategy": "executor"}, 'workers[0]: strategy "executor" needs executor = "module:factory"'),
+        ({"executor": "daemon.executors:daemon_thread_executor"}, 'workers[0]: executor is only used with strategy "executor", not "process"'),
+        ({"target": "daemon.nowhere:fn"}, 'workers[0].target: cannot import module "daemon.nowhere" of "daemon.nowhere:fn"'),
+        ({"target": "daemon.workloads:missing"}, 'workers[0].target: module "daemon.workloads" has no attribute "missing"'),
+        ({"target": "daemon.workloads:CHUNK"}, 'workers[0].target: "daemon.workloads:CHUNK" names a int, not a callable'),
+        ({"kwargs": {"m": 1}}, "workers[0].kwargs: do not fit \"daemon.workloads:countdown\": got an unexpected keyword argument 'm'"),
+        ({"target": "tests.targets:async_target", "strategy": "thread"}, 'workers[0].target: "tests.targets:async_target" is an async function; strategy "thread" would only create a coroutine object that never runs.'),
+        ({"target": "tests.targets:async_target", "strategy": "process"}, 'strategy "process" would only create a coroutine object that never runs'),
+        ({"target": "tests.targets:async_target", "strategy": "blocking"}, 'strategy "blocking" would only create a coroutine object that never runs'),
+        ({"target": "daemon.workloads:blocking_io", "strategy": "cooperative"}, 'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:blocking_io" is a plain function: write it with `yield` at safe points'),
+        ({"strategy": "executor", "executor": "daemon.executors:nothing"}, 'workers[0].executor: module "daemon.executors" has no attribute "nothing"'),
+    ],
+)
+def test_worker_rules_name_the_key_path(tmp_path: Path, fields: dict[str, object], expected: str) -> None:
+    """Each worker rule reports ``workers[i].key`` and what is wrong."""
+    found = errors_of(tmp_path, worker(**fields))
+    assert any(expected in line for line in found), found
+
+
+def test_duplicate_worker_names_point_at_both(tmp_path: Path) -> None:
+    """A duplicate name names the second entry and the first."""
+    text = worker(name="a") + worker(name="b") + worker(name="a")
+    assert errors_of(tmp_path, text) == ['workers[2].name: duplicate worker name "a" (also workers[0].name)']
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    """Several mistakes: all of them, not the first only."""
+    text = "[probe]\nresolution = -1\n[ticker]\ninterval = 'x'\n" + worker(strategy="nope")
+    assert len(errors_of(tmp_path, text)) == 3
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    """A syntax error says where."""
+    path = tmp_path / "c.toml"
+    path.write_text("[probe]\nresolution = 0.01\nstall_threshold = = 2\n")
+    with pytest.raises(ConfigError, match=r"is not valid TOML: .*line 3"):
+        load_config(path, {})
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    """A missing file is named."""
+    with pytest.raises(ConfigError, match="config file not found: '.*/absent.toml'"):
+        load_config(tmp_path / "absent.toml", {})
+
+
+def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
+    """``LOOPWATCH_METRICS__PORT=9400`` and ``LOOPWATCH_WORKERS__0__STRATEGY=thread``."""
+    path = tmp_path / "c.toml"
+    path.write_text(worker())
+    env = {
+        "LOOPWATCH_METRICS__PORT": "9400",
+        "LOOPWATCH_METRICS__HOST": "::1",
+        "LOOPWATCH_WORKERS__0__STRATEGY": "thread",
+        "LOOPWATCH_EXECUTORS__THREAD__MAX_WORKERS": "8",
+        "LOOPWATCH_CONFIG": "ignored.toml",
+        "OTHER": "x",
+    }
+    cfg = load_config(path, env)
+    assert cfg.metrics.port == 9400
+    assert cfg.metrics.host == "::1"
+    assert cfg.workers[0].strategy == "thread"
+    assert cfg.executors.thread.max_workers == 8
+
+
+def test_env_override_errors_name_the_variable(tmp_path: Path) -> None:
+    """A bad override is reported like a bad file value, or names the variable."""
+    assert "metrics.port: Input should be a valid integer (got 'high')" in errors_of(
+        tmp_path, "", {"LOOPWATCH_METRICS__PORT": "high"}
+    )
+    assert errors_of(tmp_path, "", {"LOOPWATCH_WORKERS__3__NAME": "x"}) == [
+        "environment variable LOOPWATCH_WORKERS__3__NAME: no list item '3'"
+    ]
+
+
+def test_format_loc() -> None:
+    """Locations read like the TOML keys."""
+    assert format_loc(("workers", 1, "strategy")) == "workers[1].strategy"
+    assert format_loc(()) == "(top level)"
+
+
+toml_scalars = st.one_of(
+    st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12), st.booleans(),
+)  # fmt: skip
+keys = st.sampled_from(
+    ["daemon", "ticker", "probe", "metrics", "logging", "shutdown", "executors", "workers",
+     "interval", "resolution", "port", "host", "level", "format", "name", "target",
+     "strategy", "thread", "process", "max_workers", "timeout", "kwargs", "bogus"]
+)  # fmt: skip
+documents = st.recursive(
+    st.dictionaries(keys, toml_scalars, max_size=4),
+    lambda inner: st.dictionaries(keys, st.one_of(inner, st.lists(inner, max_size=3)), max_size=4),
+    max_leaves=20,
+)
+
+
+def _dump(doc: dict[str, object]) -> str:
+    """Minimal TOML writer: inline tables and arrays on one line per top key."""
+
+    def value(v: object) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f'"{k}" = {value(x)}' for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.encode("unicode_escape").decode().replace('"', '\\"') + '"'
+        return repr(v)
+
+    return "\n".join(f'"{k}" = {value(v)}' for k, v in doc.items())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(documents)
+def test_fuzzed_documents_are_valid_or_a_config_error(tmp_path: Path, doc: dict[str, object]) -> None:
+    """Random documents never escape as anything but a valid config or a ConfigError."""
+    path = tmp_path / "fuzz.toml"
+    text = _dump(doc)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return
+    path.write_text(text)
+    try:
+        load_config(path, {})
+    except ConfigError as exc:
+        assert exc.details or exc.message
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=200))
+def test_fuzzed_bytes_are_valid_or_a_config_error(tmp_path: Path, data: bytes) -> None:
+    """Arbitrary bytes: a ConfigError (or, rarely, a valid empty-ish config), never a crash."""
+    path = tmp_path / "fuzz.toml"
+    path.write_bytes(data)
+    try:
+        load_config(path, {})
+    except ConfigError:
+        pass
