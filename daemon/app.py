@@ -27,6 +27,8 @@ from daemon.workers import WorkerSupervisor
 
 log = structlog.get_logger("loopwatch")
 
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
 STATUS_INTERVAL_S = 5.0
 FAILURE_LOG_WINDOW_S = 10.0
 # Settings read once at start: a reload reports them instead of applying them.
@@ -81,9 +83,16 @@ class App:
         self._spawn(self.ticker.run(), "ticker")
         try:
             await self.supervisor.start(self.cfg.workers, self.strategies)
-        except LoopwatchError as exc:
+        except ConfigError as exc:
             log.error("startup_failed", error=str(exc))
-            self.exit_code = 78
+            self.exit_code = EXIT_CONFIG
+            loop.stop()
+            return
+        except LoopwatchError as exc:
+            # A strategy could not start (a Dask scheduler down, a factory failing):
+            # not a config error, so systemd may retry.
+            log.error("startup_failed", error=str(exc))
+            self.exit_code = EXIT_UNAVAILABLE
             loop.stop()
             return
         self._reload_wanted = asyncio.Event()

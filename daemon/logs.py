@@ -62,5 +62,6 @@ def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # aiorun narrates every shutdown step at INFO; its warnings are what matter.
-    logging.getLogger("aiorun").setLevel(max(level, logging.WARNING))
+    # aiorun and Dask narrate every step at INFO; their warnings are what matter.
+    for chatty in ("aiorun", "distributed"):
+        logging.getLogger(chatty).setLevel(max(level, logging.WARNING))

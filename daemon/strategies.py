@@ -168,6 +168,13 @@ class PoolStrategy(Strategy):
         except TimeoutError:
             await self._wait_abandoned(future)
             raise
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if future.cancelled() and task is not None and not task.cancelling():
+                # The executor dropped the call (a Dask scheduler lost it, a pool shut
+                # down): an error of this call, not a cancellation of our worker.
+                raise StrategyError(f"{self.name} executor cancelled the call") from None
+            raise
 
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         return self.executor.submit(targets.drive, call.fn, call.kwargs)

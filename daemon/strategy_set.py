@@ -65,7 +65,8 @@ class StrategySet:
             return ExecutorFactoryStrategy(factory)
         from daemon.dask_strategy import DaskStrategy  # noqa: PLC0415 - an optional extra
 
-        return DaskStrategy(self.cfg.dask)
+        dask: Strategy = DaskStrategy(self.cfg.dask)
+        return dask
 
     async def get(self, worker: WorkerConfig) -> Strategy:
         """The started strategy for ``worker``; raises StrategyError when it cannot be built."""

@@ -22,9 +22,18 @@ from typing import Any
 CHUNK = 1000
 
 
-def blocking_io(seconds: float = 0.2) -> float:
-    """Block the calling thread for ``seconds``, like a sync client waiting on a socket."""
-    time.sleep(seconds)
+def blocking_io(seconds: float = 0.2, step: float = 0.01) -> Generator[None, None, float]:
+    """Block for ``seconds`` like a sync client reading a slow socket, ``step`` at a time.
+
+    Each step is a safe point: on ``cooperative`` the loop gets a turn between reads;
+    every other strategy simply blocks for the whole ``seconds``.
+    """
+    if seconds < 0 or step <= 0:
+        raise ValueError(f"blocking_io needs seconds >= 0 and step > 0: {seconds}, {step}")
+    end = time.perf_counter() + seconds
+    while (left := end - time.perf_counter()) > 0:
+        time.sleep(min(step, left))
+        yield
     return seconds
 
 

@@ -85,7 +85,9 @@ class DaemonProcess:
                 raise AssertionError(f"no {name!r} event within {timeout} s; log tail:\n{tail}")
             if self.proc.poll() is not None and self._new.empty() and not self._reader.is_alive():
                 tail = "\n".join(self.raw[-30:])
-                raise AssertionError(f"daemon exited ({self.proc.returncode}) before {name!r}:\n{tail}")
+                raise AssertionError(
+                    f"daemon exited ({self.proc.returncode}) before {name!r}:\n{tail}"
+                )
             try:
                 self._new.get(timeout=min(remaining, 0.2))
             except queue.Empty:
@@ -162,7 +164,9 @@ class DaemonProcess:
         self._close()
 
 
-def histogram_quantile(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, q: float) -> float:
+def histogram_quantile(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, q: float
+) -> float:
     """Upper bound of the bucket holding quantile ``q`` of histogram ``name`` (no labels)."""
     buckets = sorted(
         (float(dict(labels)["le"]), value)

@@ -53,23 +53,62 @@ def test_empty_file_means_every_default_and_no_workers(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[probe]\nresolution = 'fast'\n", "probe.resolution: Input should be a valid number (got 'fast')"),
+        (
+            "[probe]\nresolution = 'fast'\n",
+            "probe.resolution: Input should be a valid number (got 'fast')",
+        ),
         ("[probe]\nresolution = 0\n", "probe.resolution: Input should be greater than 0 (got 0)"),
-        ("[probe]\nresolution = 0.2\nstall_threshold = 0.1\n", "probe: stall_threshold (0.1) must be greater than resolution (0.2)"),
+        (
+            "[probe]\nresolution = 0.2\nstall_threshold = 0.1\n",
+            "probe: stall_threshold (0.1) must be greater than resolution (0.2)",
+        ),
         ("[ticker]\ninterval = -1\n", "ticker.interval: Input should be greater than 0 (got -1)"),
-        ("[metrics]\nport = 70000\n", "metrics.port: Input should be less than or equal to 65535 (got 70000)"),
-        ("[metrics]\nport = '9321'\n", "metrics.port: Input should be a valid integer (got '9321')"),
+        (
+            "[metrics]\nport = 70000\n",
+            "metrics.port: Input should be less than or equal to 65535 (got 70000)",
+        ),
+        (
+            "[metrics]\nport = '9321'\n",
+            "metrics.port: Input should be a valid integer (got '9321')",
+        ),
         ("[metrics]\ntls_cert = 'a.crt'\n", "metrics: tls_cert and tls_key must be set together"),
-        ("[metrics]\nclient_ca = 'ca.crt'\n", "metrics: client_ca needs tls_cert and tls_key (client certificates need TLS)"),
-        ("[logging]\nformat = 'xml'\n", "logging.format: Input should be 'auto', 'json' or 'console' (got 'xml')"),
-        ("[logging]\nlevel = 'loud'\n", "logging.level: Input should be 'debug', 'info', 'warning', 'error' or 'critical' (got 'loud')"),
-        ("[shutdown]\ntimeout = -0.5\n", "shutdown.timeout: Input should be greater than or equal to 0 (got -0.5)"),
-        ("[executors.thread]\nmax_workers = 0\n", "executors.thread.max_workers: Input should be greater than or equal to 1 (got 0)"),
-        ("[executors.process]\nstart_method = 'vfork'\n", "executors.process.start_method: Input should be 'fork', 'spawn' or 'forkserver' (got 'vfork')"),
-        ("[executors.cooperative]\nyield_every = 0\n", "executors.cooperative.yield_every: Input should be greater than or equal to 1 (got 0)"),
-        ("[daemon]\nloop = 'trio'\n", "daemon.loop: Input should be 'asyncio' or 'uvloop' (got 'trio')"),
+        (
+            "[metrics]\nclient_ca = 'ca.crt'\n",
+            "metrics: client_ca needs tls_cert and tls_key (client certificates need TLS)",
+        ),
+        (
+            "[logging]\nformat = 'xml'\n",
+            "logging.format: Input should be 'auto', 'json' or 'console' (got 'xml')",
+        ),
+        (
+            "[logging]\nlevel = 'loud'\n",
+            "logging.level: Input should be 'debug', 'info', 'warning', 'error' or 'critical' (got 'loud')",
+        ),
+        (
+            "[shutdown]\ntimeout = -0.5\n",
+            "shutdown.timeout: Input should be greater than or equal to 0 (got -0.5)",
+        ),
+        (
+            "[executors.thread]\nmax_workers = 0\n",
+            "executors.thread.max_workers: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "[executors.process]\nstart_method = 'vfork'\n",
+            "executors.process.start_method: Input should be 'fork', 'spawn' or 'forkserver' (got 'vfork')",
+        ),
+        (
+            "[executors.cooperative]\nyield_every = 0\n",
+            "executors.cooperative.yield_every: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            "[daemon]\nloop = 'trio'\n",
+            "daemon.loop: Input should be 'asyncio' or 'uvloop' (got 'trio')",
+        ),
         ("[surprise]\nx = 1\n", "surprise: Extra inputs are not permitted"),
-        ("[probe]\nresolutoin = 0.01\n", "probe.resolutoin: Extra inputs are not permitted (got 0.01)"),
+        (
+            "[probe]\nresolutoin = 0.01\n",
+            "probe.resolutoin: Extra inputs are not permitted (got 0.01)",
+        ),
     ],
 )
 def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: str) -> None:
@@ -78,7 +117,11 @@ def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: st
 
 
 def worker(**fields: object) -> str:
-    base: dict[str, object] = {"name": "w", "target": "daemon.workloads:countdown", "strategy": "process"}
+    base: dict[str, object] = {
+        "name": "w",
+        "target": "daemon.workloads:countdown",
+        "strategy": "process",
+    }
     base.update(fields)
     body = "\n".join(f"{k} = {_toml(v)}" for k, v in base.items() if v is not None)
     return f"[[workers]]\n{body}\n"
@@ -95,27 +138,71 @@ def _toml(value: object) -> str:
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"strategy": "teleport"}, "workers[0].strategy: Input should be 'blocking', 'thread', 'process', 'cooperative', 'executor' or 'dask' (got 'teleport')"),
+        (
+            {"strategy": "teleport"},
+            "workers[0].strategy: Input should be 'blocking', 'thread', 'process', 'cooperative', 'executor' or 'dask' (got 'teleport')",
+        ),
         ({"name": None}, "workers[0].name: Field required"),
         ({"name": "has space"}, "workers[0].name: String should match pattern"),
         ({"target": "no_colon"}, "workers[0].target: String should match pattern"),
-        ({"concurrency": 0}, "workers[0].concurrency: Input should be greater than or equal to 1 (got 0)"),
+        (
+            {"concurrency": 0},
+            "workers[0].concurrency: Input should be greater than or equal to 1 (got 0)",
+        ),
         ({"timeout": 0}, "workers[0].timeout: Input should be greater than 0 (got 0)"),
-        ({"interval": -1}, "workers[0].interval: Input should be greater than or equal to 0 (got -1)"),
-        ({"strategy": "executor"}, 'workers[0]: strategy "executor" needs executor = "module:factory"'),
-        ({"executor": "daemon.executors:daemon_thread_executor"}, 'workers[0]: executor is only used with strategy "executor", not "process"'),
-        ({"target": "daemon.nowhere:fn"}, 'workers[0].target: cannot import module "daemon.nowhere" of "daemon.nowhere:fn"'),
-        ({"target": "daemon.workloads:missing"}, 'workers[0].target: module "daemon.workloads" has no attribute "missing"'),
-        ({"target": "daemon.workloads:CHUNK"}, 'workers[0].target: "daemon.workloads:CHUNK" names a int, not a callable'),
-        ({"kwargs": {"m": 1}}, "workers[0].kwargs: do not fit \"daemon.workloads:countdown\": got an unexpected keyword argument 'm'"),
-        ({"target": "tests.targets:async_target", "strategy": "thread"}, 'workers[0].target: "tests.targets:async_target" is an async function; strategy "thread" would only create a coroutine object that never runs.'),
-        ({"target": "tests.targets:async_target", "strategy": "process"}, 'strategy "process" would only create a coroutine object that never runs'),
-        ({"target": "tests.targets:async_target", "strategy": "blocking"}, 'strategy "blocking" would only create a coroutine object that never runs'),
-        ({"target": "daemon.workloads:blocking_io", "strategy": "cooperative"}, 'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:blocking_io" is a plain function: write it with `yield` at safe points'),
-        ({"strategy": "executor", "executor": "daemon.executors:nothing"}, 'workers[0].executor: module "daemon.executors" has no attribute "nothing"'),
+        (
+            {"interval": -1},
+            "workers[0].interval: Input should be greater than or equal to 0 (got -1)",
+        ),
+        (
+            {"strategy": "executor"},
+            'workers[0]: strategy "executor" needs executor = "module:factory"',
+        ),
+        (
+            {"executor": "daemon.executors:daemon_thread_executor"},
+            'workers[0]: executor is only used with strategy "executor", not "process"',
+        ),
+        (
+            {"target": "daemon.nowhere:fn"},
+            'workers[0].target: cannot import module "daemon.nowhere" of "daemon.nowhere:fn"',
+        ),
+        (
+            {"target": "daemon.workloads:missing"},
+            'workers[0].target: module "daemon.workloads" has no attribute "missing"',
+        ),
+        (
+            {"target": "daemon.workloads:CHUNK"},
+            'workers[0].target: "daemon.workloads:CHUNK" names a int, not a callable',
+        ),
+        (
+            {"kwargs": {"m": 1}},
+            "workers[0].kwargs: do not fit \"daemon.workloads:countdown\": got an unexpected keyword argument 'm'",
+        ),
+        (
+            {"target": "tests.targets:async_target", "strategy": "thread"},
+            'workers[0].target: "tests.targets:async_target" is an async function; strategy "thread" would only create a coroutine object that never runs.',
+        ),
+        (
+            {"target": "tests.targets:async_target", "strategy": "process"},
+            'strategy "process" would only create a coroutine object that never runs',
+        ),
+        (
+            {"target": "tests.targets:async_target", "strategy": "blocking"},
+            'strategy "blocking" would only create a coroutine object that never runs',
+        ),
+        (
+            {"target": "daemon.workloads:blocking_io", "strategy": "cooperative"},
+            'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:blocking_io" is a plain function: write it with `yield` at safe points',
+        ),
+        (
+            {"strategy": "executor", "executor": "daemon.executors:nothing"},
+            'workers[0].executor: module "daemon.executors" has no attribute "nothing"',
+        ),
     ],
 )
-def test_worker_rules_name_the_key_path(tmp_path: Path, fields: dict[str, object], expected: str) -> None:
+def test_worker_rules_name_the_key_path(
+    tmp_path: Path, fields: dict[str, object], expected: str
+) -> None:
     """Each worker rule reports ``workers[i].key`` and what is wrong."""
     found = errors_of(tmp_path, worker(**fields))
     assert any(expected in line for line in found), found
@@ -124,7 +211,9 @@ def test_worker_rules_name_the_key_path(tmp_path: Path, fields: dict[str, object
 def test_duplicate_worker_names_point_at_both(tmp_path: Path) -> None:
     """A duplicate name names the second entry and the first."""
     text = worker(name="a") + worker(name="b") + worker(name="a")
-    assert errors_of(tmp_path, text) == ['workers[2].name: duplicate worker name "a" (also workers[0].name)']
+    assert errors_of(tmp_path, text) == [
+        'workers[2].name: duplicate worker name "a" (also workers[0].name)'
+    ]
 
 
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
@@ -215,9 +304,13 @@ def _dump(doc: dict[str, object]) -> str:
     return "\n".join(f'"{k}" = {value(v)}' for k, v in doc.items())
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(documents)
-def test_fuzzed_documents_are_valid_or_a_config_error(tmp_path: Path, doc: dict[str, object]) -> None:
+def test_fuzzed_documents_are_valid_or_a_config_error(
+    tmp_path: Path, doc: dict[str, object]
+) -> None:
     """Random documents never escape as anything but a valid config or a ConfigError."""
     path = tmp_path / "fuzz.toml"
     text = _dump(doc)
@@ -232,7 +325,9 @@ def test_fuzzed_documents_are_valid_or_a_config_error(tmp_path: Path, doc: dict[
         assert exc.details or exc.message
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.binary(max_size=200))
 def test_fuzzed_bytes_are_valid_or_a_config_error(tmp_path: Path, data: bytes) -> None:
     """Arbitrary bytes: a ConfigError (or, rarely, a valid empty-ish config), never a crash."""

@@ -92,7 +92,9 @@ def tls_config(tmp_path: Path, ca: trustme.CA, *, client_ca: bool) -> MetricsCon
     )  # fmt: skip
 
 
-def test_https_only_when_tls_is_set(tmp_path: Path, ca: trustme.CA, registry: CollectorRegistry) -> None:
+def test_https_only_when_tls_is_set(
+    tmp_path: Path, ca: trustme.CA, registry: CollectorRegistry
+) -> None:
     """With a certificate the endpoint speaks HTTPS and refuses plain HTTP."""
     Metrics(registry)
     ep = MetricsEndpoint(tls_config(tmp_path, ca, client_ca=False), registry)
@@ -138,8 +140,12 @@ def test_client_certificate_required_with_client_ca(
         ep.stop()
 
 
-def test_unreadable_tls_files_are_a_config_error(tmp_path: Path, registry: CollectorRegistry) -> None:
+def test_unreadable_tls_files_are_a_config_error(
+    tmp_path: Path, registry: CollectorRegistry
+) -> None:
     """Missing certificate files are reported as config errors, before binding."""
-    cfg = MetricsConfig(port=free_port(), tls_cert=str(tmp_path / "no.crt"), tls_key=str(tmp_path / "no.key"))
+    cfg = MetricsConfig(
+        port=free_port(), tls_cert=str(tmp_path / "no.crt"), tls_key=str(tmp_path / "no.key")
+    )
     with pytest.raises(ConfigError, match="metrics TLS files cannot be loaded"):
         MetricsEndpoint(cfg, registry).start()

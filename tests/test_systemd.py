@@ -84,6 +84,8 @@ def test_a_vanished_socket_is_logged_not_raised(tmp_path: Path) -> None:
         ({}, None),
     ],
 )
-def test_watchdog_interval_is_half_watchdog_usec(env: dict[str, str], expected: float | None) -> None:
+def test_watchdog_interval_is_half_watchdog_usec(
+    env: dict[str, str], expected: float | None
+) -> None:
     """Pings every half $WATCHDOG_USEC, only when meant for this pid."""
     assert Notifier(env).watchdog_interval_s == expected

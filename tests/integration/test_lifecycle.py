@@ -43,8 +43,12 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
     assert startup["metrics"] == f"http://127.0.0.1:{daemon.port}/metrics"
     tick = daemon.wait_event("tick")
     assert isinstance(tick["drift"], float)
-    daemon.wait_value("loopwatch_tasks_total", lambda v: v >= 2, worker="io", strategy="thread", outcome="ok")
-    daemon.wait_value("loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok")
+    daemon.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 2, worker="io", strategy="thread", outcome="ok"
+    )
+    daemon.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok"
+    )
     text = daemon.scrape_text()
     for name in (
         "loopwatch_event_loop_lag_seconds_bucket",
@@ -61,7 +65,21 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
     ):
         assert name in text, name
     assert "_created" not in text
-    for edge in ("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0"):
+    for edge in (
+        "0.001",
+        "0.0025",
+        "0.005",
+        "0.01",
+        "0.025",
+        "0.05",
+        "0.1",
+        "0.25",
+        "0.5",
+        "1.0",
+        "2.5",
+        "5.0",
+        "10.0",
+    ):
         assert f'loopwatch_event_loop_lag_seconds_bucket{{le="{edge}"}}' in text, edge
     assert daemon.stop() == 0
     assert daemon.named("shutdown")
@@ -119,7 +137,9 @@ strategy = "process"
 
 def test_4_bad_config_exits_78_before_binding(tmp_path: Path, write_config: WriteConfig) -> None:
     """4. A bad config exits 78 with the key path and never binds the port."""
-    config = write_config('[[workers]]\nname = "x"\ntarget = "daemon.workloads:countdown"\nstrategy = "teleport"\n')
+    config = write_config(
+        '[[workers]]\nname = "x"\ntarget = "daemon.workloads:countdown"\nstrategy = "teleport"\n'
+    )
     result = subprocess.run(
         [sys.executable, "-m", "daemon", "run", "-c", str(config)],
         capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
@@ -129,9 +149,7 @@ def test_4_bad_config_exits_78_before_binding(tmp_path: Path, write_config: Writ
     assert "Traceback" not in result.stderr + result.stdout
 
 
-def test_5_taken_port_exits_69_before_workers_start(
-    write_config: WriteConfig, port: int
-) -> None:
+def test_5_taken_port_exits_69_before_workers_start(write_config: WriteConfig, port: int) -> None:
     """5. A port already in use is a clear error (exit 69) before any worker starts."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
@@ -154,7 +172,9 @@ def test_6_sigkill_leaves_nothing_that_blocks_a_restart(
     config = write_config(WORKERS)
     first = start_daemon(config)
     first.wait_ready()
-    first.wait_value("loopwatch_tasks_total", lambda v: v >= 1, worker="io", strategy="thread", outcome="ok")
+    first.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 1, worker="io", strategy="thread", outcome="ok"
+    )
     os.kill(first.pid, signal.SIGKILL)
     first.wait_exit(10)
     second = start_daemon(config)

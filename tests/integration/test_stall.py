@@ -78,7 +78,9 @@ def test_repeated_stalls_are_aggregated_without_losing_the_count(
     assert logged >= counted  # every counted stall is in the log, once or in a summary
 
 
-def test_healthy_loop_reports_no_stall(write_config: WriteConfig, start_daemon: StartDaemon) -> None:
+def test_healthy_loop_reports_no_stall(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
     """Offloaded work, busy threads and processes: no false stall over several seconds."""
     config = write_config(
         """

@@ -1,0 +1,1 @@
+"""``loopwatch bench``: the tutorial's experiments, measured on this machine."""

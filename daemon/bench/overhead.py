@@ -1,0 +1,127 @@
+"""Offload overhead side by side: loopwatch's strategies against the usual one-liners.
+
+Every method runs the same target from the same loop in the same process, one after
+another, sequentially and 100 at a time. Run in a fresh interpreter per invocation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import multiprocessing
+import sys
+from collections.abc import Awaitable, Callable
+from statistics import median
+from time import perf_counter
+from typing import Any, cast
+
+from prometheus_client import CollectorRegistry
+
+from daemon.config import (
+    ProcessExecutorConfig,
+    StrategyName,
+    ThreadExecutorConfig,
+    WorkerConfig,
+)
+from daemon.metrics import Metrics
+from daemon.strategies import ProcessStrategy, Strategy, ThreadStrategy
+from daemon.throttle import LogThrottle
+from daemon.workers import Worker
+from daemon.workloads import generated_document
+
+CONCURRENT = 100
+OneCall = Callable[[], Awaitable[Any]]
+
+
+def payload_len(data: bytes = b"") -> int:
+    """The payload target: receives the document, returns a small result."""
+    return len(data)
+
+
+def _loopwatch(strategy: Strategy, kwargs: dict[str, Any]) -> OneCall:
+    """The real per-call path of a worker: timeout, strategy, metrics."""
+    cfg = WorkerConfig.model_construct(
+        name="overhead",
+        target="daemon.bench.overhead:payload_len",
+        kwargs=kwargs,
+        strategy=cast("StrategyName", strategy.name),
+        concurrency=1,
+        interval=0.0,
+        timeout=60.0,
+        executor=None,
+    )
+    worker = Worker(cfg, strategy, Metrics(CollectorRegistry()), LogThrottle(print, 60))
+    return worker._call_once  # the exact per-call path is what we measure
+
+
+async def methods(payload: bytes) -> dict[str, OneCall]:
+    """Each method as a zero-argument coroutine function doing one call."""
+    import anyio.to_thread  # noqa: PLC0415 - bench extra
+    from asgiref.sync import sync_to_async  # noqa: PLC0415
+
+    loop = asyncio.get_running_loop()
+    fn = functools.partial(payload_len, payload)
+    kwargs = {"data": payload}
+    thread_pool = concurrent.futures.ThreadPoolExecutor(4)
+    process_pool = concurrent.futures.ProcessPoolExecutor(
+        2, mp_context=multiprocessing.get_context("forkserver")
+    )
+    thread = ThreadStrategy(ThreadExecutorConfig(max_workers=4))
+    process = ProcessStrategy(ProcessExecutorConfig(max_workers=2))
+    await process.start()
+    await asyncio.gather(*(loop.run_in_executor(process_pool, payload_len) for _ in range(2)))
+    to_async = sync_to_async(fn, thread_sensitive=False)
+    return {
+        "loopwatch thread": _loopwatch(thread, kwargs),
+        "asyncio.to_thread": lambda: asyncio.to_thread(fn),
+        "loop.run_in_executor(thread)": lambda: loop.run_in_executor(thread_pool, fn),
+        "anyio.to_thread.run_sync": lambda: anyio.to_thread.run_sync(fn),
+        "asgiref sync_to_async": to_async,
+        "loopwatch process": _loopwatch(process, kwargs),
+        "loop.run_in_executor(process)": lambda: loop.run_in_executor(process_pool, fn),
+    }
+
+
+async def _time(call: OneCall, n: int, concurrent: int) -> float:
+    """Seconds per call: ``n`` calls, ``concurrent`` at a time."""
+    started = perf_counter()
+    for _ in range(n // concurrent):
+        if concurrent == 1:
+            await call()
+        else:
+            await asyncio.gather(*(call() for _ in range(concurrent)))
+    return (perf_counter() - started) / n
+
+
+async def measure(payload_mb: float, calls: int, rounds: int) -> list[dict[str, Any]]:
+    """Median seconds per call of every method, sequential and 100 concurrent."""
+    payload = generated_document(payload_mb) if payload_mb else b""
+    table = await methods(payload)
+    rows = []
+    for name, call in table.items():
+        await _time(call, 20, 1)  # warm-up
+        sequential = [await _time(call, calls, 1) for _ in range(rounds)]
+        batch = max(calls, CONCURRENT)
+        concurrent = [await _time(call, batch, CONCURRENT) for _ in range(rounds)]
+        rows.append(
+            {
+                "method": name,
+                "payload": f"{payload_mb:g} MB" if payload_mb else "no-op",
+                "sequential_us": round(median(sequential) * 1e6, 1),
+                "concurrent_us": round(median(concurrent) * 1e6, 1),
+                "rounds": rounds,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    """``python -m daemon.bench.overhead PAYLOAD_MB CALLS ROUNDS``: rows as JSON."""
+    payload_mb, calls, rounds = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(asyncio.run(measure(payload_mb, calls, rounds))))
+
+
+if __name__ == "__main__":
+    main()

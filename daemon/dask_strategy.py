@@ -1,0 +1,95 @@
+"""DaskStrategy: calls run on a Dask cluster (``loopwatch[dask]``).
+
+The client runs in synchronous mode, on its own IO thread, and calls go through its
+``concurrent.futures`` interface: the daemon's loop only waits on futures, so neither
+the scheduler's chatter nor (de)serialization ever runs on it. ``pure=False`` because
+Dask would otherwise cache the result of identical calls and never run them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+import structlog
+
+from daemon.config import DaskExecutorConfig
+from daemon.errors import StrategyError
+from daemon.strategies import Call, PoolStrategy
+
+log = structlog.get_logger("loopwatch.dask")
+
+CONNECT_TIMEOUT_S = 10.0
+
+
+class DaskStrategy(PoolStrategy):
+    """A Dask ``Client`` executor; ``address = ""`` starts an embedded LocalCluster of processes."""
+
+    name = "dask"
+
+    def __init__(self, cfg: DaskExecutorConfig) -> None:
+        self._cfg = cfg
+        self._client: Any = None
+        self._cluster: Any = None
+
+    @property
+    def address(self) -> str:
+        """The scheduler's address (the embedded cluster's, once started)."""
+        return (
+            str(self._client.scheduler.address) if self._client is not None else self._cfg.address
+        )
+
+    async def start(self) -> None:
+        """Connect (and start the embedded cluster) in a thread: it takes seconds."""
+        try:
+            await asyncio.to_thread(self._connect)
+        except (OSError, TimeoutError) as exc:
+            raise StrategyError(
+                f"cannot reach Dask scheduler {self._cfg.address!r}: {exc}"
+            ) from exc
+        log.info("dask_connected", scheduler=self.address, embedded=self._cluster is not None)
+
+    def _connect(self) -> None:
+        from distributed import Client, LocalCluster  # noqa: PLC0415 - optional extra
+
+        if self._cfg.address:
+            client = Client(self._cfg.address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        else:
+            self._cluster = LocalCluster(
+                n_workers=self._cfg.n_workers,
+                threads_per_worker=self._cfg.threads_per_worker,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
+            client = Client(self._cluster, set_as_default=False)
+        self._client = client
+        self.executor = client.get_executor(pure=False)
+
+    def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
+        if self._client is None or self._client.status != "running":
+            # Submitted now, the call would wait silently for a scheduler that may never
+            # return; fail it while the client reconnects in the background.
+            status = None if self._client is None else self._client.status
+            raise StrategyError(f"Dask scheduler {self.address!r} unavailable (client {status})")
+        return super()._submit(call)
+
+    async def aclose(self, timeout_s: float) -> None:
+        """Close the client, then the embedded cluster, each within ``timeout_s``."""
+        await asyncio.to_thread(self._close, timeout_s)
+
+    def _close(self, timeout_s: float) -> None:
+        if self._client is not None:
+            try:
+                self._client.close(timeout=max(timeout_s, 1.0))
+            except Exception as exc:  # a dead scheduler makes close fail: still go on
+                log.warning("dask_close_failed", error=repr(exc))
+            self._client = None
+        if self._cluster is not None:
+            try:
+                self._cluster.close(timeout=max(timeout_s, 1.0))
+            except Exception as exc:
+                log.warning("dask_close_failed", error=repr(exc))
+            self._cluster = None

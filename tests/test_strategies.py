@@ -1,0 +1,168 @@
+"""Strategies on a real event loop with real pools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures.process import BrokenProcessPool
+from time import perf_counter
+
+import pytest
+
+from daemon import targets, workloads
+from daemon.config import CooperativeExecutorConfig, ProcessExecutorConfig, ThreadExecutorConfig
+from daemon.errors import StrategyError
+from daemon.executors import DaemonThreadExecutor
+from daemon.strategies import (
+    BlockingStrategy,
+    Call,
+    CooperativeStrategy,
+    ExecutorFactoryStrategy,
+    ProcessStrategy,
+    ThreadStrategy,
+)
+from daemon.watchdog import Occupant
+from tests import targets as test_targets
+
+
+async def max_lag_while(
+    coro: asyncio.Future[object] | asyncio.Task[object], period: float = 0.005
+) -> float:
+    """Largest lateness of a ``period`` timer while ``coro`` runs."""
+    worst = 0.0
+    while not coro.done():
+        due = perf_counter() + period
+        await asyncio.sleep(period)
+        worst = max(worst, perf_counter() - due)
+    return worst
+
+
+async def test_blocking_runs_on_the_loop_and_marks_the_occupant() -> None:
+    """The blocking strategy names its worker while the call runs on the loop."""
+    occupant = Occupant()
+    seen: list[str | None] = []
+
+    def look() -> None:
+        seen.append(occupant.worker)
+
+    await BlockingStrategy(occupant).call(Call(look, {}, "w"), 5.0)
+    assert seen == ["w"]
+    assert occupant.worker is None
+
+
+async def test_blocking_overrun_is_a_timeout_after_the_fact() -> None:
+    """A blocking call cannot be interrupted; over its timeout it counts as one."""
+    with pytest.raises(TimeoutError):
+        await BlockingStrategy(Occupant()).call(Call(test_targets.block, {"seconds": 0.05}), 0.01)
+
+
+async def test_cooperative_slice_keeps_lag_near_the_slice() -> None:
+    """A 5 ms slice: a timer waiting on the loop is late by about one slice, not the call."""
+    strategy = CooperativeStrategy(CooperativeExecutorConfig(slice=0.005), Occupant())
+    task = asyncio.ensure_future(strategy.call(Call(workloads.countdown, {"n": 5_000_000}), 30.0))
+    worst = await max_lag_while(task)
+    assert await task == 5_000_000
+    assert worst < 0.05  # generous: the point is "a slice", not "the whole call" (~150 ms)
+
+
+async def test_cooperative_yield_every_counts_safe_points() -> None:
+    """``yield_every`` gives the loop back every N safe points (the tutorial's method)."""
+    strategy = CooperativeStrategy(CooperativeExecutorConfig(yield_every=1), Occupant())
+    ticks = 0
+
+    async def count_ticks() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0)
+            ticks += 1
+
+    counter = asyncio.create_task(count_ticks())
+    assert (
+        await strategy.call(Call(workloads.countdown, {"n": 50_000, "chunk": 1000}), 5.0) == 50_000
+    )
+    counter.cancel()
+    assert ticks >= 40
+
+
+async def test_cooperative_timeout_closes_the_generator() -> None:
+    """A timeout stops the generator at a safe point."""
+    strategy = CooperativeStrategy(CooperativeExecutorConfig(), Occupant())
+    started = perf_counter()
+    with pytest.raises(TimeoutError):
+        await strategy.call(Call(test_targets.spin_gen, {"seconds": 5.0}), 0.1)
+    assert perf_counter() - started < 1.0
+
+
+async def test_thread_timeout_holds_the_slot_until_the_thread_returns() -> None:
+    """A timed-out thread call raises only once the thread is free again."""
+    strategy = ThreadStrategy(ThreadExecutorConfig(max_workers=1))
+    started = perf_counter()
+    with pytest.raises(TimeoutError):
+        await strategy.call(Call(test_targets.block, {"seconds": 0.3}), 0.05)
+    assert perf_counter() - started >= 0.29
+    assert await strategy.call(Call(targets.noop), 1.0) is None
+    await strategy.aclose(1.0)
+
+
+async def test_process_runs_generators_in_a_child_and_survives_a_killed_child() -> None:
+    """Generators run to completion in a child; a dead child breaks one call only."""
+    strategy = ProcessStrategy(ProcessExecutorConfig(max_workers=1, start_method="fork"))
+    await strategy.start()
+    try:
+        child = await strategy.call(Call(test_targets.pid), 10.0)
+        assert child != os.getpid()
+        assert await strategy.call(Call(workloads.countdown, {"n": 10_000}), 10.0) == 10_000
+        with pytest.raises(BrokenProcessPool):
+            await strategy.call(Call(test_targets.die), 10.0)
+        assert await strategy.call(Call(workloads.countdown, {"n": 10}), 10.0) == 10
+    finally:
+        await strategy.aclose(2.0)
+
+
+async def test_process_close_kills_children_still_busy() -> None:
+    """Children busy past the close deadline are killed: nothing outlives the daemon."""
+    strategy = ProcessStrategy(ProcessExecutorConfig(max_workers=1, start_method="fork"))
+    await strategy.start()
+    processes = list(strategy.executor._processes.values())  # type: ignore[attr-defined]
+    call = asyncio.ensure_future(strategy.call(Call(test_targets.hang), 60.0))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await strategy.aclose(0.3)
+    assert time.monotonic() - started < 3
+    assert not any(p.is_alive() for p in processes)
+    call.cancel()
+    with pytest.raises((asyncio.CancelledError, BrokenProcessPool)):
+        await call
+
+
+async def test_executor_factory_must_return_an_executor() -> None:
+    """The factory's result is checked."""
+    strategy = ExecutorFactoryStrategy("daemon.executors:daemon_thread_executor")
+    assert isinstance(strategy.executor, DaemonThreadExecutor)
+    assert await strategy.call(Call(workloads.countdown, {"n": 5}), 5.0) == 5
+    await strategy.aclose(1.0)
+    with pytest.raises(StrategyError, match="returned int, not a concurrent.futures.Executor"):
+        ExecutorFactoryStrategy("tests.targets:pid")
+    with pytest.raises(StrategyError, match='executor factory "tests.targets:fail" failed'):
+        ExecutorFactoryStrategy("tests.targets:fail")
+
+
+def test_drive_refuses_a_coroutine_that_slipped_through() -> None:
+    """A hidden coroutine fails loudly instead of 'succeeding' without running."""
+    with pytest.raises(TypeError, match="returned an awaitable"):
+        targets.drive(test_targets.async_target, {})
+
+
+def test_daemon_thread_executor_limits_concurrency_and_refuses_after_shutdown() -> None:
+    """The example executor runs at most max_workers at once and stops on shutdown."""
+    executor = DaemonThreadExecutor(max_workers=2)
+    started = perf_counter()
+    futures = [executor.submit(test_targets.block, 0.1) for _ in range(4)]
+    assert [f.result(5) for f in futures] == [0.1] * 4
+    assert perf_counter() - started >= 0.19
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(targets.noop)
+    with pytest.raises(ValueError, match="max_workers must be >= 1"):
+        DaemonThreadExecutor(0)
