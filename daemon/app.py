@@ -163,7 +163,6 @@ class App:
         restart_needed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
         if restart_needed:
             log.warning("config_restart_required", sections=restart_needed)
-        configure_logging(new.logging)
         self.probe.reconfigure(new.probe.resolution, new.probe.stall_threshold)
         self.ticker.interval_s = new.ticker.interval
         strategies = StrategySet(new.executors, self.occupant)
@@ -189,6 +188,8 @@ class App:
             replaced=changes.replaced,
             restart_required=restart_needed,
         )
+        # Last, so that the reload is announced even when the new level would hide it.
+        configure_logging(new.logging)
         self.notifier.ready(self._status_text())
 
     async def _ping_watchdog(self, interval_s: float) -> None:

@@ -46,7 +46,7 @@ def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
         "cooperative-yield_every",
     }
     for row in rows.values():
-        assert ROW_KEYS <= set(row)
+        assert set(row) >= ROW_KEYS
         assert row["tasks_per_s"] > 0
         assert 0 <= row["lag_p50"] <= row["lag_p99"] <= row["lag_max"]
     assert rows["blocking"]["lag_max"] > rows["process"]["lag_p99"]
@@ -65,7 +65,7 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert len(rows) == 5
-    assert all(ROW_KEYS <= set(r) for r in rows)
+    assert all(set(r) >= ROW_KEYS for r in rows)
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "target: use" in result.stderr
     machine = json.loads((tmp_path / "machine.json").read_text())

@@ -31,7 +31,7 @@ def endpoint(registry: CollectorRegistry) -> Iterator[MetricsEndpoint]:
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> str:
-    with urllib.request.urlopen(url, timeout=5, context=context) as response:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=5, context=context) as response:
         return str(response.read().decode())
 
 

@@ -1,0 +1,97 @@
+"""Idle cost of watching: CPU share of loopwatch with no workers vs bare asyncio processes.
+
+Usage: python benchmarks/idle_cost.py [--seconds 20] [--runs 3]
+Writes benchmarks/results/idle_cost.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+BARE_TICKER = """
+import asyncio, time
+async def main():
+    while True:
+        await asyncio.sleep(1.0)
+        print(time.time(), flush=True)
+asyncio.run(main())
+"""
+BARE_10MS = """
+import asyncio
+async def main():
+    while True:
+        await asyncio.sleep(0.01)
+asyncio.run(main())
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def measure(cmd: list[str], seconds: float, warmup: float = 3.0) -> float:
+    """CPU share of one core used by ``cmd`` over ``seconds`` after ``warmup``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        time.sleep(warmup)
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    return (cpu1 - cpu0) / (t1 - t0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp, "idle.toml")
+        config.write_text(f'[metrics]\nport = {free_port()}\n[logging]\nformat = "json"\n')
+        variants = {
+            "bare asyncio, 1 s ticker": [sys.executable, "-c", BARE_TICKER],
+            "bare asyncio, 10 ms sleep loop (timer floor)": [sys.executable, "-c", BARE_10MS],
+            "loopwatch, no workers (10 ms probe, watchdog, ticker, endpoint)": [
+                sys.executable, "-m", "daemon", "run", "-c", str(config),
+            ],
+        }  # fmt: skip
+        results = {
+            name: [measure(cmd, args.seconds) for _ in range(args.runs)]
+            for name, cmd in variants.items()
+        }
+    rows = [
+        {"variant": name, "cpu_share_median": median(v), "runs": v} for name, v in results.items()
+    ]
+    out = ROOT / "benchmarks/results/idle_cost.json"
+    out.write_text(json.dumps({"seconds": args.seconds, "rows": rows}, indent=2) + "\n")
+    print("| variant | CPU share of one core (median) | runs |")
+    print("| --- | --- | --- |")
+    for row in rows:
+        runs = ", ".join(f"{r * 100:.2f}%" for r in row["runs"])
+        print(f"| {row['variant']} | {row['cpu_share_median'] * 100:.2f}% | {runs} |")
+
+
+if __name__ == "__main__":
+    main()
