@@ -80,3 +80,14 @@ async def async_target() -> None:
 def pid() -> int:
     """The pid of the process that ran the call."""
     return os.getpid()
+
+
+_calls: dict[str, int] = {}
+
+
+def block_nth(seconds: float = 1.0, n: int = 2) -> int:
+    """Block only on the ``n``-th call in this process (lets the daemon settle first)."""
+    _calls["block_nth"] = _calls.get("block_nth", 0) + 1
+    if _calls["block_nth"] == n:
+        time.sleep(seconds)
+    return _calls["block_nth"]

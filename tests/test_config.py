@@ -191,8 +191,12 @@ def _toml(value: object) -> str:
             'strategy "blocking" would only create a coroutine object that never runs',
         ),
         (
-            {"target": "daemon.workloads:blocking_io", "strategy": "cooperative"},
-            'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:blocking_io" is a plain function: write it with `yield` at safe points',
+            {
+                "target": "daemon.workloads:http_get",
+                "kwargs": {"url": "http://x"},
+                "strategy": "cooperative",
+            },
+            'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:http_get" is a plain function: write it with `yield` at safe points',
         ),
         (
             {"strategy": "executor", "executor": "daemon.executors:nothing"},

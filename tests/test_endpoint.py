@@ -49,18 +49,21 @@ def test_garbage_oversized_and_silent_clients_do_not_wedge_it(endpoint: MetricsE
     assert endpoint.url is not None
     host, port = "127.0.0.1", int(endpoint.url.split(":")[2].split("/")[0])
     silent = [socket.create_connection((host, port)) for _ in range(20)]
-    with socket.create_connection((host, port)) as junk:
-        junk.sendall(b"\x00\xff" * 1000 + b"\r\n\r\n")
-    with socket.create_connection((host, port)) as big:
-        try:
-            big.sendall(b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\n\r\n")
-        except OSError:
-            pass  # the server may hang up mid-send: that is fine
-    started = time.monotonic()
-    assert "loopwatch_build_info" in get(endpoint.url)
-    assert time.monotonic() - started < 1.0
-    for sock in silent:
-        sock.close()
+    try:
+        with socket.create_connection((host, port)) as junk:
+            junk.sendall(b"\x00\xff" * 1000 + b"\r\n\r\n")
+        with socket.create_connection((host, port)) as big:
+            try:
+                big.sendall(b"GET /" + b"a" * 1_000_000 + b" HTTP/1.1\r\n\r\n")
+            except OSError:
+                pass  # the server may hang up mid-send: that is fine
+        started = time.monotonic()
+        assert "loopwatch_build_info" in get(endpoint.url)
+        # Far below the 10 s a silent client may hold its own thread: nobody waits on it.
+        assert time.monotonic() - started < 3.0
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 def test_port_in_use_is_an_endpoint_error(registry: CollectorRegistry) -> None:

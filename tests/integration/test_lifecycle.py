@@ -184,3 +184,18 @@ def test_6_sigkill_leaves_nothing_that_blocks_a_restart(
     while session_members(first.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert session_members(first.pid) == []
+
+
+def test_7_uvloop_is_selected_by_config(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """7. ``[daemon] loop = "uvloop"`` runs on uvloop; the probe still measures (perf_counter)."""
+    daemon = start_daemon(write_config('[daemon]\nloop = "uvloop"\n' + WORKERS))
+    assert daemon.wait_ready()["loop"] == "uvloop"
+    daemon.wait_value("loopwatch_event_loop_lag_seconds_count", lambda v: v >= 20)
+    assert 'loop="uvloop"' in daemon.scrape_text()
+    daemon.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok"
+    )
+    assert daemon.stop() == 0
+    assert session_members(daemon.pid) == []

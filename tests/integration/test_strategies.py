@@ -94,7 +94,10 @@ def test_cooperative_and_executor_strategies_run_generators(
         strategy="executor",
         outcome="ok",
     )
-    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.025
+    # The custom executor's thread parses JSON holding the GIL while the cooperative
+    # worker runs on the loop: they trade the GIL every switch interval (5 ms), so this
+    # mix is bounded by a few switch intervals, not by the slice alone.
+    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.1
     daemon.stop()
 
 

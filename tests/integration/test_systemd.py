@@ -1,0 +1,113 @@
+"""sd_notify with a real AF_UNIX socket standing in for systemd."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartDaemon, WriteConfig
+
+pytestmark = pytest.mark.integration
+
+
+class FakeSystemd:
+    """Receives notify datagrams on a thread, timestamped on arrival, like systemd would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.1)
+        self.received: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            self.received.append((time.monotonic(), data))
+
+    def messages(self) -> list[str]:
+        return [m for _, m in list(self.received)]
+
+    def wait_for(self, field: str, timeout: float = 20.0) -> str:
+        """The first datagram (past or new) with a line starting with ``field``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages():
+                if any(line.startswith(field) for line in message.split("\n")):
+                    return message
+            time.sleep(0.02)
+        raise AssertionError(f"no {field} within {timeout} s; got {self.received}")
+
+    def count(self, field: str) -> int:
+        return sum(field in m for m in self.messages())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[FakeSystemd]:
+    fake = FakeSystemd(tmp_path / "notify.sock")
+    yield fake
+    fake.close()
+
+
+def test_ready_status_watchdog_reload_and_stopping(
+    systemd: FakeSystemd, write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """READY after the endpoint is bound, WATCHDOG pings, RELOADING/READY around SIGHUP, STOPPING."""
+    config = write_config(
+        '[[workers]]\nname = "io"\ntarget = "daemon.workloads:blocking_io"\nkwargs = { seconds = 0.05 }\n'
+    )
+    daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "400000"})
+    ready = systemd.wait_for("READY=1")
+    assert "STATUS=loop lag p99" in ready
+    assert "1 workers" in ready
+    assert daemon.scrape_text()  # READY=1 promised a bound endpoint
+    first = systemd.wait_for("WATCHDOG=1")
+    assert first
+    pings_before = systemd.count("WATCHDOG=1")
+    time.sleep(1.0)
+    pings = systemd.count("WATCHDOG=1") - pings_before
+    assert 3 <= pings <= 8  # every half WATCHDOG_USEC (0.2 s)
+    daemon.signal(signal.SIGHUP)
+    reloading = systemd.wait_for("RELOADING=1")
+    assert "MONOTONIC_USEC=" in reloading
+    daemon.wait_event("config_reloaded")
+    deadline = time.monotonic() + 10
+    while systemd.count("READY=1") < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert systemd.count("READY=1") >= 2
+    assert daemon.stop() == 0
+    systemd.wait_for("STOPPING=1")
+
+
+def test_a_stuck_loop_stops_the_watchdog_pings(
+    systemd: FakeSystemd, write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """Pings come from the event loop: while it is blocked for 1.5 s, none are sent."""
+    config = write_config(
+        '[[workers]]\nname = "stuck"\ntarget = "tests.targets:block_nth"\nkwargs = { seconds = 1.5 }\n'
+        'strategy = "blocking"\ninterval = 0.5\n'
+    )
+    daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "200000"})
+    daemon.wait_event("stall")
+    time.sleep(0.3)
+    times = [t for t, m in systemd.received if "WATCHDOG=1" in m]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert max(gaps) >= 1.2
+    assert daemon.stop() == 0
