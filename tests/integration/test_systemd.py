@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import socket
 import threading
@@ -108,6 +109,6 @@ def test_a_stuck_loop_stops_the_watchdog_pings(
     daemon.wait_event("stall")
     time.sleep(0.3)
     times = [t for t, m in systemd.received if "WATCHDOG=1" in m]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) >= 1.2
     assert daemon.stop() == 0
