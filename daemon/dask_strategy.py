@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
+import threading
 from typing import Any
 
 import structlog
@@ -33,6 +35,8 @@ class DaskStrategy(PoolStrategy):
         self._cfg = cfg
         self._client: Any = None
         self._cluster: Any = None
+        self._lock = threading.Lock()
+        self._reconnecting = False
 
     @property
     def address(self) -> str:
@@ -69,12 +73,39 @@ class DaskStrategy(PoolStrategy):
         self.executor = client.get_executor(pure=False)
 
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
-        if self._client is None or self._client.status != "running":
+        client = self._client
+        if client is None or client.status != "running":
             # Submitted now, the call would wait silently for a scheduler that may never
             # return; fail it while the client reconnects in the background.
-            status = None if self._client is None else self._client.status
+            status = None if client is None else client.status
+            if status in (None, "closed", "failed"):
+                self._reconnect_in_background()
             raise StrategyError(f"Dask scheduler {self.address!r} unavailable (client {status})")
         return super()._submit(call)
+
+    def _reconnect_in_background(self) -> None:
+        # The client retries on its own for distributed.comm.timeouts.connect, then gives
+        # up for good: past that, a new client is needed once the scheduler is back.
+        with self._lock:
+            if self._reconnecting or not self._cfg.address:
+                return
+            self._reconnecting = True
+        threading.Thread(
+            target=self._reconnect, name="loopwatch-dask-reconnect", daemon=True
+        ).start()
+
+    def _reconnect(self) -> None:
+        try:
+            old, self._client = self._client, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    old.close(timeout=1)
+            self._connect()
+            log.info("dask_reconnected", scheduler=self.address)
+        except (OSError, TimeoutError) as exc:
+            log.warning("dask_reconnect_failed", scheduler=self._cfg.address, error=repr(exc))
+        finally:
+            self._reconnecting = False
 
     async def aclose(self, timeout_s: float) -> None:
         """Close the client, then the embedded cluster, each within ``timeout_s``."""

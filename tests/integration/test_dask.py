@@ -1,0 +1,156 @@
+"""The dask strategy against real Dask clusters: embedded, and separate processes by address."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartDaemon, WriteConfig, free_port
+from tests.daemon_process import ROOT, histogram_quantile
+
+pytestmark = pytest.mark.integration
+LAG = "loopwatch_event_loop_lag_seconds"
+
+
+def dask_worker(name: str, target: str, kwargs: str = "", **extra: object) -> str:
+    body = f'[[workers]]\nname = "{name}"\ntarget = "{target}"\nstrategy = "dask"\nkwargs = {{ {kwargs} }}\n'
+    return body + "".join(f"{k} = {v}\n" for k, v in extra.items())
+
+
+def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeouts(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """CPU calls complete on an embedded LocalCluster; lag p99 < 25 ms; errors and timeouts counted."""
+    config = write_config(
+        "[executors.dask]\nn_workers = 2\n"
+        + dask_worker("cpu", "daemon.workloads:countdown", "n = 1_000_000", concurrency=2)
+        + dask_worker("bad", "tests.targets:fail", 'message = "dask boom"')
+        + dask_worker("slow", "tests.targets:hang", "seconds = 3", timeout=0.3)
+    )
+    daemon = start_daemon(config)
+    daemon.wait_ready(timeout=60)
+    daemon.wait_value(
+        "loopwatch_tasks_total",
+        lambda v: v >= 20,
+        worker="cpu",
+        strategy="dask",
+        outcome="ok",
+        timeout=60,
+    )
+    daemon.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 2, worker="bad", strategy="dask", outcome="error"
+    )
+    daemon.wait_value(
+        "loopwatch_tasks_total", lambda v: v >= 1, worker="slow", strategy="dask", outcome="timeout"
+    )
+    failed = daemon.wait_event("task_failed", lambda e: e["worker"] == "bad")
+    assert failed["error"] == "RuntimeError: dask boom"
+    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.025
+    assert daemon.stop(30) == 0
+
+
+class DaskProcesses:
+    """A ``dask scheduler`` and a ``dask worker`` started as separate processes on loopback."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.address = f"tcp://127.0.0.1:{port}"
+        self.env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.scheduler: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def _dask(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(Path(sys.executable).parent / "dask"), *args],
+            env=self.env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self._dask(
+            "scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard"
+        )
+
+    def start_worker(self) -> None:
+        self.worker = self._dask(
+            "worker", self.address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard",
+            "--host", "127.0.0.1",
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        """SIGKILL both (a Dask worker shuts itself down once its scheduler is gone anyway)."""
+        self.close()
+
+    def close(self) -> None:
+        for proc in (self.worker, self.scheduler):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def dask_processes() -> Iterator[DaskProcesses]:
+    procs = DaskProcesses(free_port())
+    yield procs
+    procs.close()
+
+
+def test_scheduler_by_address_killed_and_restarted_mid_run(
+    dask_processes: DaskProcesses, write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """Calls go to a separate scheduler; while the pair is gone they fail as errors; then resume."""
+    dask_processes.start_scheduler()
+    dask_processes.start_worker()
+    config = write_config(
+        f'[executors.dask]\naddress = "{dask_processes.address}"\n'
+        + dask_worker(
+            "remote", "daemon.workloads:countdown", "n = 100_000", interval=0.05, timeout=5.0
+        )
+    )
+    daemon = start_daemon(config)
+    daemon.wait_ready(timeout=60)
+    daemon.wait_value(
+        "loopwatch_tasks_total",
+        lambda v: v >= 5,
+        worker="remote",
+        strategy="dask",
+        outcome="ok",
+        timeout=60,
+    )
+    dask_processes.kill()
+    daemon.wait_value(
+        "loopwatch_tasks_total",
+        lambda v: v >= 1,
+        worker="remote",
+        strategy="dask",
+        outcome="error",
+        timeout=30,
+    )
+    failed = daemon.wait_event(
+        "task_failed", lambda e: e["worker"] == "remote" and "unavailable" in e["error"], timeout=30
+    )
+    assert dask_processes.address in failed["error"]
+    ok_before = (
+        daemon.value("loopwatch_tasks_total", worker="remote", strategy="dask", outcome="ok") or 0
+    )
+    assert (
+        daemon.value("loopwatch_event_loop_stalls_total") == 0
+    )  # the loop never blocks on the cluster
+    dask_processes.start_scheduler()
+    dask_processes.start_worker()
+    daemon.wait_value(
+        "loopwatch_tasks_total",
+        lambda v: v >= ok_before + 5,
+        worker="remote",
+        strategy="dask",
+        outcome="ok",
+        timeout=90,
+    )
+    assert daemon.stop(30) == 0
