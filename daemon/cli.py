@@ -84,6 +84,7 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     from daemon.systemd import Notifier  # noqa: PLC0415
 
     configure_logging(cfg.logging)
+    sys.setswitchinterval(cfg.daemon.switch_interval)
     log = structlog.get_logger("loopwatch")
     registry = CollectorRegistry()
     metrics = Metrics(registry, loop_name=cfg.daemon.loop)

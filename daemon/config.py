@@ -38,6 +38,10 @@ class DaemonSectionConfig(_Model):
     """``[daemon]``: process-wide choices that need a restart to change."""
 
     loop: Literal["asyncio", "uvloop"] = "asyncio"
+    # The GIL hand-over period (sys.setswitchinterval). A thread holding the GIL (CPU
+    # work, a scrape rendering thousands of series) delays the loop by up to this much
+    # per turn: 1 ms instead of Python's 5 ms cuts that lag ~4x at no measurable cost.
+    switch_interval: Annotated[float, Field(gt=0, le=0.1)] = 0.001
 
 
 class TickerConfig(_Model):

@@ -30,7 +30,14 @@ def test_matrix_covers_every_workload_on_every_strategy() -> None:
     assert {(s.workload, s.strategy) for s in specs} == {
         (w, s)
         for w in ("io", "cpu", "json")
-        for s in ("blocking", "thread", "process", "cooperative-slice", "cooperative-yield_every")
+        for s in (
+            "blocking",
+            "thread",
+            "thread-switch_5ms",
+            "process",
+            "cooperative-slice",
+            "cooperative-yield_every",
+        )
     }
 
 
@@ -64,7 +71,7 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert all(set(r) >= ROW_KEYS for r in rows)
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "target: use" in result.stderr

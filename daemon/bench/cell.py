@@ -42,6 +42,7 @@ class CellSpec:
     concurrency: int = 1
     variant: str = ""
     executors: dict[str, Any] = field(default_factory=dict)
+    switch_interval: float = 0.001  # the daemon's default (Python's own is 0.005)
 
 
 class _Recorder:
@@ -72,10 +73,11 @@ def quantile(samples: list[float], q: float) -> float:
 
 async def measure(spec: CellSpec) -> dict[str, Any]:
     """Run the cell and return its row (times in seconds)."""
+    sys.setswitchinterval(spec.switch_interval)
     recorder, drift = _Recorder(), _MaxGauge()
     probe = LagProbe(recorder, 0.01, 0.1)
     ticker = Ticker(drift, TICK_INTERVAL_S)
-    strategy_name = "cooperative" if spec.strategy.startswith("cooperative") else spec.strategy
+    strategy_name = spec.strategy.split("-")[0]
     worker_cfg = WorkerConfig(
         name="bench",
         target=spec.target,
