@@ -108,6 +108,15 @@ class ProcessExecutorConfig(_Model):
 
     max_workers: Annotated[int, Field(ge=1, le=256)] = 2
     start_method: Literal["fork", "spawn", "forkserver"] = "forkserver"
+    # Replace a child after this many calls: bounds what a leaking target can hold.
+    # (Not with start_method = "fork", where the standard library refuses it.)
+    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _recycling_needs_no_fork(self) -> Self:
+        if self.max_tasks_per_child is not None and self.start_method == "fork":
+            raise ValueError('max_tasks_per_child needs start_method "spawn" or "forkserver"')
+        return self
 
 
 class CooperativeExecutorConfig(_Model):

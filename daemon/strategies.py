@@ -243,6 +243,7 @@ class ProcessStrategy(PoolStrategy):
             mp_context=multiprocessing.get_context(self._cfg.start_method),
             initializer=_init_pool_child,
             initargs=(os.getpid(),),
+            max_tasks_per_child=self._cfg.max_tasks_per_child,
         )
 
     async def start(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from dataclasses import dataclass, field
 from time import perf_counter
 
@@ -24,11 +25,15 @@ BACKOFF_MAX_S = 5.0
 RELOAD_DRAIN_GRACE_S = 1.0
 
 
-def backoff_s(interval_s: float, failures: int) -> float:
-    """Pause before the next call: the interval, or longer while every call fails."""
+def backoff_s(interval_s: float, failures: int, jitter: float = 1.0) -> float:
+    """Pause before the next call: the interval, or longer while every call fails.
+
+    ``jitter`` (0.5-1.0, random in the workers) keeps workers that failed together, such
+    as every caller of a pool a crash just broke, from retrying in lockstep.
+    """
     if failures == 0:
         return interval_s
-    return max(interval_s, min(BACKOFF_FIRST_S * 2.0 ** (failures - 1), BACKOFF_MAX_S))
+    return max(interval_s, jitter * min(BACKOFF_FIRST_S * 2.0 ** (failures - 1), BACKOFF_MAX_S))
 
 
 class Worker:
@@ -111,7 +116,8 @@ class Worker:
             if self._stopping:
                 return
             failures = 0 if ok else failures + 1
-            await asyncio.sleep(backoff_s(self.cfg.interval, failures))
+            jitter = random.uniform(0.5, 1.0) if failures else 1.0  # noqa: S311 - not crypto
+            await asyncio.sleep(backoff_s(self.cfg.interval, failures, jitter))
 
     async def _call_once(self) -> bool:
         self.started += 1

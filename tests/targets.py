@@ -91,3 +91,29 @@ def block_nth(seconds: float = 1.0, n: int = 2) -> int:
     if _calls["block_nth"] == n:
         time.sleep(seconds)
     return _calls["block_nth"]
+
+
+def segfault() -> None:
+    """Crash the process running the call with SIGSEGV."""
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def exit_hard(code: int = 3) -> None:
+    """Leave the process running the call without any cleanup."""
+    os._exit(code)
+
+
+def unpicklable() -> object:
+    """Return something a process pool cannot send back."""
+    return lambda: None
+
+
+_leaked: list[bytes] = []
+
+
+def leak(mb: int = 5) -> int:
+    """Keep ``mb`` more MB alive in this process on every call; return the pid."""
+    _leaked.append(b"x" * (mb * 1024 * 1024))
+    return os.getpid()

@@ -48,6 +48,7 @@ def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
     assert set(rows) == {
         "blocking",
         "thread",
+        "thread-switch_5ms",
         "process",
         "cooperative-slice",
         "cooperative-yield_every",

@@ -28,6 +28,7 @@ def test_backoff_grows_while_failing_and_resets() -> None:
     assert backoff_s(0.0, 3) == 0.2
     assert backoff_s(0.0, 30) == 5.0
     assert backoff_s(10.0, 2) == 10.0
+    assert backoff_s(0.0, 3, jitter=0.5) == 0.1
 
 
 async def wait_for(cond: Any, timeout: float = 10.0) -> None:
