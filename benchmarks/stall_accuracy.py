@@ -1,6 +1,6 @@
 """Stall watchdog accuracy: known blocks on the loop, what the watchdog reported.
 
-Blocks of 50 ms, 100 ms and 1 s, sleeping (blocking I/O) and spinning (CPU-bound,
+Blocks of 50 ms, 100 ms, 200 ms and 1 s, sleeping (blocking I/O) and spinning (CPU-bound,
 holding the GIL), 20 each, at the default threshold (100 ms) and at 25 ms. For each:
 detected count, reported vs true duration, and whether the stack names the culprit.
 
@@ -81,7 +81,7 @@ async def main_async(repeats: int) -> list[dict[str, Any]]:
     rows = []
     for threshold in (0.1, 0.025):
         for kind in ("sleep", "spin"):
-            for seconds in (0.05, 0.1, 1.0):
+            for seconds in (0.05, 0.1, 0.2, 1.0):
                 rows.append(await trial(kind, seconds, threshold, repeats))
     return rows
 

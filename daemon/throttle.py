@@ -24,14 +24,20 @@ class LogThrottle:
     """The first event of a key is emitted at once; repeats within ``window_s`` are held.
 
     When the window ends (checked on every ``offer`` and ``flush``), one summary with
-    ``repeats`` and, when values were given, ``value_total``/``value_max`` is emitted,
+    ``repeats`` and, when values were given, ``<value_name>_total`` and ``_max``, is emitted,
     so the count is never lost. Thread-safe: offered from the loop or the watchdog.
     """
 
     def __init__(
-        self, emit: Emit, window_s: float, *, clock: Callable[[], float] = time.monotonic
+        self,
+        emit: Emit,
+        window_s: float,
+        *,
+        value_name: str = "value",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._emit = emit
+        self._value_name = value_name
         self._window_s = window_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -73,7 +79,7 @@ class LogThrottle:
             if window.repeats:
                 summary = dict(window.last, repeats=window.repeats, window_s=self._window_s)
                 if window.value_max:
-                    summary["value_total"] = round(window.value_total, 6)
-                    summary["value_max"] = round(window.value_max, 6)
+                    summary[f"{self._value_name}_total"] = round(window.value_total, 6)
+                    summary[f"{self._value_name}_max"] = round(window.value_max, 6)
                 summaries.append(summary)
         return summaries

@@ -100,7 +100,7 @@ class StallWatchdog:
         self._stall_gauge = stall_gauge
         self._stalls = stalls_counter
         self._occupant = occupant
-        self._throttle = LogThrottle(self._emit, aggregate_window_s)
+        self._throttle = LogThrottle(self._emit, aggregate_window_s, value_name="duration")
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_thread_id = 0

@@ -190,6 +190,10 @@ class WorkerSupervisor:
         """
         wanted = {cfg.name: cfg for cfg in cfgs}
         changes = Changes()
+        # Every strategy the new config needs is built first: if one cannot be, nothing
+        # has been stopped yet.
+        for cfg in cfgs:
+            await strategies.get(cfg)
         drains = []
         for name, worker in list(self.workers.items()):
             cfg = wanted.get(name)

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,9 +180,8 @@ def histogram_quantile(
     return float("inf")
 
 
-def children_of(pid: int) -> list[int]:
-    """Pids whose parent is ``pid`` (from /proc)."""
-    kids = []
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the fields of /proc/PID/stat after the command name) of every process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -190,23 +189,14 @@ def children_of(pid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            kids.append(int(entry.name))
-    return kids
+        yield int(entry.name), stat.rsplit(")", 1)[1].split()
+
+
+def children_of(pid: int) -> list[int]:
+    """Pids whose parent is ``pid``."""
+    return [child for child, fields in _processes() if int(fields[1]) == pid]
 
 
 def session_members(sid: int) -> list[int]:
-    """Pids in session ``sid`` (the daemon starts its own session): leftovers show here."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[3]) == sid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    """Live pids in session ``sid`` (the daemon starts its own session): leftovers show here."""
+    return [member for member, fields in _processes() if int(fields[3]) == sid and fields[0] != "Z"]
