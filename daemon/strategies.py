@@ -162,19 +162,25 @@ class PoolStrategy(Strategy):
 
     async def call(self, call: Call, timeout_s: float) -> Any:  # noqa: D102
         future = self._submit(call)
+        waiter = asyncio.wrap_future(future)
+        loop = waiter.get_loop()
+        # One timer handle that cancels the waiter, rather than asyncio.timeout(): this
+        # is the per-call hot path, and cancelling the waiter also cancels a queued call.
+        timer = loop.call_later(timeout_s, waiter.cancel)
         try:
-            async with asyncio.timeout(timeout_s):
-                return await asyncio.wrap_future(future)
-        except TimeoutError:
-            await self._wait_abandoned(future)
-            raise
+            return await waiter
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if future.cancelled() and task is not None and not task.cancelling():
-                # The executor dropped the call (a Dask scheduler lost it, a pool shut
-                # down): an error of this call, not a cancellation of our worker.
-                raise StrategyError(f"{self.name} executor cancelled the call") from None
-            raise
+            if task is not None and task.cancelling():
+                raise  # our worker is being cancelled: not this call's fault
+            if loop.time() >= timer.when():
+                await self._wait_abandoned(future)
+                raise TimeoutError from None
+            # The executor dropped the call (a Dask scheduler lost it, a pool shut down):
+            # an error of this call, not a cancellation of our worker.
+            raise StrategyError(f"{self.name} executor cancelled the call") from None
+        finally:
+            timer.cancel()
 
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         return self.executor.submit(targets.drive, call.fn, call.kwargs)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable, Generator
+from collections.abc import Callable
+from types import GeneratorType
 from typing import Any, cast
 
 from daemon.errors import ConfigError
@@ -60,13 +61,13 @@ def drive(fn: Target, kwargs: dict[str, Any]) -> Any:
     Module-level so that process pools can pickle it by reference.
     """
     result = fn(**kwargs)
-    if isinstance(result, Generator):
+    if isinstance(result, GeneratorType):
         try:
             while True:
                 next(result)
         except StopIteration as stop:
             return stop.value
-    if inspect.isawaitable(result):
+    if hasattr(type(result), "__await__"):
         # Someone slipped a coroutine past the config check (a decorator that hides it):
         # close it so it does not warn, and fail loudly rather than "succeed" doing nothing.
         close = getattr(result, "close", None)

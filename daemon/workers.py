@@ -192,8 +192,8 @@ class WorkerSupervisor:
         changes = Changes()
         # Every strategy the new config needs is built first: if one cannot be, nothing
         # has been stopped yet.
-        for cfg in cfgs:
-            await strategies.get(cfg)
+        for needed in cfgs:
+            await strategies.get(needed)
         drains = []
         for name, worker in list(self.workers.items()):
             cfg = wanted.get(name)
