@@ -61,6 +61,7 @@ class Worker:
         self._stopping = False
         self.started = 0
         self.finished = 0
+        self.last_finished_at = 0.0  # perf_counter() of the latest call's end
 
     @property
     def name(self) -> str:
@@ -137,8 +138,9 @@ class Worker:
             self._log_failure(type(exc).__name__, str(exc))
         finally:
             self.finished += 1
+            self.last_finished_at = end = perf_counter()
             self._in_flight.dec()
-            self._duration.observe(perf_counter() - start)
+            self._duration.observe(end - start)
             self._outcomes[outcome].inc()
         return outcome == "ok"
 

@@ -98,7 +98,9 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
     worker.start()
     await asyncio.sleep(spec.seconds)
     done = worker.finished
-    elapsed = perf_counter() - started
+    # Up to the last completed call: cutting the window mid-call would count a partial
+    # call as zero and bias against every strategy that lets the clock run during a call.
+    elapsed = (worker.last_finished_at if done else perf_counter()) - started
     ticking.cancel()
     probe.stop()
     await worker.stop(60.0)

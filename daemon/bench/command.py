@@ -38,6 +38,8 @@ def machine() -> dict[str, Any]:
 def run_bench(args: argparse.Namespace) -> int:
     """Run the matrix (or the user's target), print the table, write the files."""
     console = Console(stderr=True)
+    if not console.is_terminal:
+        console = Console(stderr=True, width=120)  # a log file gets the whole table
     quick: bool = args.quick
     seconds = args.seconds or (3.0 if quick else 6.0)
     repeats = 1 if quick else 3
