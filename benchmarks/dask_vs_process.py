@@ -20,7 +20,8 @@ from typing import Any
 from daemon import targets
 from daemon.config import DaskExecutorConfig, ProcessExecutorConfig
 from daemon.dask_strategy import DaskStrategy
-from daemon.strategies import Call, ProcessStrategy, Strategy
+from daemon.process_strategy import ProcessStrategy
+from daemon.strategies import Call, Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 

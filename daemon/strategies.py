@@ -6,13 +6,8 @@ import abc
 import asyncio
 import concurrent.futures
 import contextlib
-import multiprocessing
-import os
-import select
-import signal
 import threading
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, ClassVar
@@ -20,7 +15,7 @@ from typing import Any, ClassVar
 import structlog
 
 from daemon import targets
-from daemon.config import CooperativeExecutorConfig, ProcessExecutorConfig, ThreadExecutorConfig
+from daemon.config import CooperativeExecutorConfig, ThreadExecutorConfig
 from daemon.errors import StrategyError
 from daemon.watchdog import Occupant
 
@@ -206,109 +201,6 @@ class ThreadStrategy(PoolStrategy):
         super().__init__(
             concurrent.futures.ThreadPoolExecutor(cfg.max_workers, thread_name_prefix="loopwatch")
         )
-
-
-def _init_pool_child(daemon_pid: int) -> None:
-    """Initializer of every pool child: the daemon, not signals, decides when it ends."""
-    # A group SIGTERM/SIGINT (Ctrl-C in a terminal, a kill of the whole cgroup) would kill
-    # children mid-call; the daemon drains them and shuts them down itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # But if the daemon is SIGKILLed, nothing would ever end them: children of a
-    # forkserver hold both ends of their call queue, so they never see EOF. Watch the
-    # daemon through a pidfd (immune to pid reuse) and leave with it.
-    try:
-        pidfd = os.pidfd_open(daemon_pid)
-    except OSError:
-        os._exit(0)
-    threading.Thread(target=_exit_when_readable, args=(pidfd,), daemon=True).start()
-
-
-def _exit_when_readable(fd: int) -> None:
-    select.select([fd], [], [])
-    os._exit(0)
-
-
-class ProcessStrategy(PoolStrategy):
-    """A shared ProcessPoolExecutor, replaced when a killed child breaks it.
-
-    Children ignore SIGINT/SIGTERM; on close, children still busy after the deadline
-    are terminated, so no process outlives the daemon.
-    """
-
-    name = "process"
-
-    def __init__(self, cfg: ProcessExecutorConfig) -> None:
-        self._cfg = cfg
-        self._lock = threading.Lock()
-        super().__init__(self._new_pool())
-
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            self._cfg.max_workers,
-            mp_context=multiprocessing.get_context(self._cfg.start_method),
-            initializer=_init_pool_child,
-            initargs=(os.getpid(),),
-            max_tasks_per_child=self._cfg.max_tasks_per_child,
-        )
-
-    async def start(self) -> None:
-        """Start every child now, off the loop.
-
-        Starting a forkserver/spawn child blocks its caller ~0.15 s: done on the loop by
-        the first calls, that would be the daemon's first stall.
-        """
-        await asyncio.to_thread(_warm_up, self.executor, self._cfg.max_workers)
-
-    async def call(self, call: Call, timeout_s: float) -> Any:  # noqa: D102
-        pool = self.executor
-        try:
-            return await super().call(call, timeout_s)
-        except BrokenProcessPool:
-            self._replace(pool)
-            raise
-
-    def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
-        pool = self.executor
-        try:
-            return pool.submit(targets.drive, call.fn, call.kwargs)
-        except BrokenProcessPool:
-            self._replace(pool)
-            return self.executor.submit(targets.drive, call.fn, call.kwargs)
-
-    def _replace(self, broken: concurrent.futures.Executor) -> None:
-        with self._lock:
-            if self.executor is not broken:
-                return  # another call already replaced it
-            log.warning("process_pool_replaced", reason="a child process died")
-            broken.shutdown(wait=False, cancel_futures=True)
-            self.executor = self._new_pool()
-            threading.Thread(
-                target=_warm_up, args=(self.executor, self._cfg.max_workers), daemon=True
-            ).start()
-
-    async def aclose(self, timeout_s: float) -> None:
-        """Cancel queued calls, wait for busy children up to ``timeout_s``, then kill them."""
-        pool = self.executor
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(_join_processes, processes, timeout_s)
-
-
-def _warm_up(pool: concurrent.futures.Executor, n: int) -> None:
-    futures = [pool.submit(targets.noop) for _ in range(n)]
-    concurrent.futures.wait(futures)
-
-
-def _join_processes(processes: list[Any], timeout_s: float) -> None:
-    deadline = perf_counter() + timeout_s
-    for process in processes:
-        process.join(max(0.0, deadline - perf_counter()))
-    for process in processes:
-        if process.is_alive():
-            log.warning("process_killed", pid=process.pid, reason="still busy at shutdown")
-            process.kill()
-            process.join(1.0)
 
 
 async def _join_threads(threads: Any, timeout_s: float) -> None:

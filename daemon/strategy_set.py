@@ -7,11 +7,11 @@ import asyncio
 import structlog
 
 from daemon.config import ExecutorsConfig, WorkerConfig
+from daemon.process_strategy import ProcessStrategy
 from daemon.strategies import (
     BlockingStrategy,
     CooperativeStrategy,
     ExecutorFactoryStrategy,
-    ProcessStrategy,
     Strategy,
     ThreadStrategy,
 )

@@ -14,12 +14,12 @@ from daemon import targets, workloads
 from daemon.config import CooperativeExecutorConfig, ProcessExecutorConfig, ThreadExecutorConfig
 from daemon.errors import StrategyError
 from daemon.executors import DaemonThreadExecutor
+from daemon.process_strategy import ProcessStrategy
 from daemon.strategies import (
     BlockingStrategy,
     Call,
     CooperativeStrategy,
     ExecutorFactoryStrategy,
-    ProcessStrategy,
     ThreadStrategy,
 )
 from daemon.watchdog import Occupant

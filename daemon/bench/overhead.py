@@ -26,7 +26,8 @@ from daemon.config import (
     WorkerConfig,
 )
 from daemon.metrics import Metrics
-from daemon.strategies import ProcessStrategy, Strategy, ThreadStrategy
+from daemon.process_strategy import ProcessStrategy
+from daemon.strategies import Strategy, ThreadStrategy
 from daemon.throttle import LogThrottle
 from daemon.workers import Worker
 from daemon.workloads import generated_document
