@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -124,3 +125,19 @@ strategy = "cooperative"
     assert daemon.value("loopwatch_event_loop_stalls_total") == 0.0
     assert daemon.stop() == 0
     assert daemon.named("stall") == []
+
+
+def test_a_stall_cut_short_by_sigterm_is_still_logged(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """SIGTERM during a 2 s block: the daemon exits 0 after it, and the stall is in the log."""
+    daemon = start_daemon(write_config(blocking_worker(2.0, interval=30.0)))
+    daemon.wait_ready()
+    daemon.wait_value("loopwatch_event_loop_stall_seconds", lambda v: v > 0.5, timeout=10)
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(20) == 0
+    stall = daemon.wait_event("stall")
+    assert abs(stall["duration"] - 2.0) <= 0.05
+    assert stall["worker"] == "stuck"
+    shutdown = daemon.wait_event("shutdown")
+    assert daemon.events.index(stall) < daemon.events.index(shutdown)
