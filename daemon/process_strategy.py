@@ -95,10 +95,14 @@ class ProcessStrategy(PoolStrategy):
             if self.executor is not broken:
                 return  # another call already replaced it
             log.warning("process_pool_replaced", reason="a child process died")
-            broken.shutdown(wait=False, cancel_futures=True)
             self.executor = self._new_pool()
+            # Both off the loop: shutting a broken pool down can block for seconds
+            # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
             threading.Thread(
-                target=_warm_up, args=(self.executor, self._cfg.max_workers), daemon=True
+                target=_retire_and_warm_up,
+                args=(broken, self.executor, self._cfg.max_workers),
+                name="loopwatch-pool-replace",
+                daemon=True,
             ).start()
 
     async def aclose(self, timeout_s: float) -> None:
@@ -107,6 +111,13 @@ class ProcessStrategy(PoolStrategy):
         processes = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(_join_processes, processes, timeout_s)
+
+
+def _retire_and_warm_up(
+    broken: concurrent.futures.Executor, fresh: concurrent.futures.Executor, n: int
+) -> None:
+    broken.shutdown(wait=False, cancel_futures=True)
+    _warm_up(fresh, n)
 
 
 def _warm_up(pool: concurrent.futures.Executor, n: int) -> None:
