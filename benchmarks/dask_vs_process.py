@@ -18,6 +18,7 @@ from statistics import median
 from typing import Any
 
 from daemon import targets
+from daemon.bench.overhead import seconds_per_call
 from daemon.config import DaskExecutorConfig, ProcessExecutorConfig
 from daemon.dask_strategy import DaskStrategy
 from daemon.process_strategy import ProcessStrategy
@@ -35,10 +36,7 @@ def cpu_100ms() -> int:
 
 
 async def per_call(strategy: Strategy, call: Call, n: int, concurrent: int) -> float:
-    started = time.perf_counter()
-    for _ in range(n // concurrent):
-        await asyncio.gather(*(strategy.call(call, 60.0) for _ in range(concurrent)))
-    return (time.perf_counter() - started) / n
+    return await seconds_per_call(lambda: strategy.call(call, 60.0), n, concurrent)
 
 
 async def measure(name: str, strategy: Strategy, rounds: int) -> dict[str, Any]:

@@ -112,15 +112,12 @@ class DaskStrategy(PoolStrategy):
         await asyncio.to_thread(self._close, timeout_s)
 
     def _close(self, timeout_s: float) -> None:
-        if self._client is not None:
+        # The client first, so it does not try to reconnect to the cluster going away.
+        for part in (self._client, self._cluster):
+            if part is None:
+                continue
             try:
-                self._client.close(timeout=max(timeout_s, 1.0))
+                part.close(timeout=max(timeout_s, 1.0))
             except Exception as exc:  # a dead scheduler makes close fail: still go on
-                log.warning("dask_close_failed", error=repr(exc))
-            self._client = None
-        if self._cluster is not None:
-            try:
-                self._cluster.close(timeout=max(timeout_s, 1.0))
-            except Exception as exc:
-                log.warning("dask_close_failed", error=repr(exc))
-            self._cluster = None
+                log.warning("dask_close_failed", part=type(part).__name__, error=repr(exc))
+        self._client = self._cluster = None

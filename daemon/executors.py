@@ -32,14 +32,15 @@ class DaemonThreadExecutor(Executor):
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         """Start ``fn(*args, **kwargs)`` on its own thread once a slot is free."""
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
         future: Future[T] = Future()
         thread = threading.Thread(
             target=self._run, args=(future, fn, args, kwargs), daemon=True, name="loopwatch-daemon"
         )
+        # One lock section: a shutdown(wait=True) between the check and the add would
+        # otherwise miss this thread.
         with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
             self._threads.add(thread)
         thread.start()
         return future

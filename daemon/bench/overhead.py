@@ -85,7 +85,7 @@ async def methods(payload: bytes) -> dict[str, OneCall]:
     }
 
 
-async def _time(call: OneCall, n: int, concurrent: int) -> float:
+async def seconds_per_call(call: OneCall, n: int, concurrent: int) -> float:
     """Seconds per call: ``n`` calls, ``concurrent`` at a time."""
     started = perf_counter()
     for _ in range(n // concurrent):
@@ -102,10 +102,10 @@ async def measure(payload_mb: float, calls: int, rounds: int) -> list[dict[str, 
     table = await methods(payload)
     rows = []
     for name, call in table.items():
-        await _time(call, 20, 1)  # warm-up
-        sequential = [await _time(call, calls, 1) for _ in range(rounds)]
+        await seconds_per_call(call, 20, 1)  # warm-up
+        sequential = [await seconds_per_call(call, calls, 1) for _ in range(rounds)]
         batch = max(calls, CONCURRENT)
-        concurrent = [await _time(call, batch, CONCURRENT) for _ in range(rounds)]
+        concurrent = [await seconds_per_call(call, batch, CONCURRENT) for _ in range(rounds)]
         rows.append(
             {
                 "method": name,
