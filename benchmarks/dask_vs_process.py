@@ -17,12 +17,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from daemon import targets
 from daemon.bench.overhead import seconds_per_call
-from daemon.config import DaskExecutorConfig, ProcessExecutorConfig
-from daemon.dask_strategy import DaskStrategy
-from daemon.process_strategy import ProcessStrategy
-from daemon.strategies import Call, Strategy
+from loopwatch import targets
+from loopwatch.strategies import Call, DaskStrategy, ProcessStrategy, Strategy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,12 +55,10 @@ async def measure(name: str, strategy: Strategy, rounds: int) -> dict[str, Any]:
 
 async def main_async(rounds: int) -> list[dict[str, Any]]:
     return [
-        await measure(
-            "process (2 workers)", ProcessStrategy(ProcessExecutorConfig(max_workers=2)), rounds
-        ),
+        await measure("process (2 workers)", ProcessStrategy(max_workers=2), rounds),
         await measure(
             "dask (embedded LocalCluster, 2x1)",
-            DaskStrategy(DaskExecutorConfig(n_workers=2)),
+            DaskStrategy(n_workers=2),
             rounds,
         ),
     ]

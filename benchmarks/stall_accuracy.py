@@ -19,11 +19,11 @@ from statistics import median
 from typing import Any
 
 import structlog
+from daemon.probe import LagProbe
+from daemon.watchdog import Occupant, StallWatchdog
 from prometheus_client import CollectorRegistry
 
 from daemon.metrics import Metrics
-from daemon.probe import LagProbe
-from daemon.watchdog import Occupant, StallWatchdog
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,5 @@
-"""loopwatch: run synchronous work from asyncio and prove the event loop stays free."""
+"""The loopwatch daemon: workers from config, on the ``loopwatch`` library, under aiorun."""
 
-from importlib.metadata import PackageNotFoundError, version
+from loopwatch import __version__
 
-try:
-    __version__ = version("loopwatch")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+__all__ = ["__version__"]

@@ -1,38 +1,73 @@
-"""App: the composition root; builds runtime objects from a config and runs their lifecycle."""
+"""The composition root: ``build_app(cfg)`` builds every runtime object; App runs them."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+import prometheus_client
 import structlog
+from prometheus_client import CollectorRegistry
 
 from daemon import __version__
 from daemon.config import DaemonConfig, load_config
 from daemon.endpoint import MetricsEndpoint
-from daemon.errors import ConfigError, LoopwatchError
+from daemon.errors import LoopwatchError
 from daemon.logs import configure_logging
 from daemon.metrics import Metrics
-from daemon.probe import LagProbe
-from daemon.strategy_set import StrategySet
 from daemon.systemd import Notifier
-from daemon.throttle import LogThrottle
 from daemon.ticker import Ticker
-from daemon.watchdog import Occupant, StallWatchdog
-from daemon.workers import WorkerSupervisor
+from daemon.workers import WorkerSupervisor, strategy_key
+from loopwatch.strategies.set import StrategySet
+from loopwatch.throttle import LogThrottle
+from loopwatch.watcher import Watcher
 
 log = structlog.get_logger("loopwatch")
 
-EXIT_UNAVAILABLE = 69
-EXIT_CONFIG = 78
 STATUS_INTERVAL_S = 5.0
 FAILURE_LOG_WINDOW_S = 10.0
 # Settings read once at start: a reload reports them instead of applying them.
 RESTART_ONLY = ("daemon", "metrics")
+
+
+def build_app(
+    cfg: DaemonConfig,
+    *,
+    config_path: Path | None = None,
+    registry: CollectorRegistry | None = None,
+    notifier: Notifier | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> App:
+    """Every runtime object of the daemon, built from a validated config; nothing runs yet."""
+    # `_created` series double the series count and no alert or panel uses them.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry() if registry is None else registry
+    metrics = Metrics(registry, loop_name=cfg.daemon.loop)
+    watcher = Watcher(
+        metrics=metrics.watch,
+        resolution=cfg.probe.resolution,
+        stall_threshold=cfg.probe.stall_threshold,
+        dump_after=cfg.probe.dump_after,
+    )
+    failure_log = LogThrottle(_log_task_failed, FAILURE_LOG_WINDOW_S)
+    return App(
+        cfg,
+        config_path=config_path,
+        metrics=metrics,
+        endpoint=MetricsEndpoint(cfg.metrics, registry) if cfg.metrics.port else None,
+        notifier=Notifier() if notifier is None else notifier,
+        environ=os.environ if environ is None else environ,
+        watcher=watcher,
+        ticker=Ticker(metrics.tick_drift, cfg.ticker.interval),
+        strategies=StrategySet(cfg.executors, watcher.occupant),
+        supervisor=WorkerSupervisor(metrics, failure_log),
+        failure_log=failure_log,
+    )
 
 
 class App:
@@ -47,6 +82,11 @@ class App:
         endpoint: MetricsEndpoint | None,
         notifier: Notifier,
         environ: Mapping[str, str],
+        watcher: Watcher,
+        ticker: Ticker,
+        strategies: StrategySet,
+        supervisor: WorkerSupervisor,
+        failure_log: LogThrottle,
     ) -> None:
         self.cfg = cfg
         self.config_path = config_path
@@ -54,18 +94,13 @@ class App:
         self.endpoint = endpoint
         self.notifier = notifier
         self._environ = environ
-        self.occupant = Occupant()
-        self.probe = LagProbe(
-            metrics.event_loop_lag, cfg.probe.resolution, cfg.probe.stall_threshold
-        )
-        self.watchdog = StallWatchdog(
-            self.probe, metrics.event_loop_stall, metrics.event_loop_stalls, self.occupant
-        )
-        self.ticker = Ticker(metrics.tick_drift, cfg.ticker.interval)
-        self.strategies = StrategySet(cfg.executors, self.occupant)
-        self.failure_log = LogThrottle(_log_task_failed, FAILURE_LOG_WINDOW_S)
-        self.supervisor = WorkerSupervisor(metrics, self.failure_log)
-        self.exit_code = 0
+        self.watcher = watcher
+        self.ticker = ticker
+        self.strategies = strategies
+        self.supervisor = supervisor
+        self.failure_log = failure_log
+        # Why start-up failed; cli maps it to an exit code.
+        self.failure: LoopwatchError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload_wanted: asyncio.Event | None = None
         self._shutting_down = False
@@ -78,21 +113,14 @@ class App:
     async def run(self) -> None:
         """Start everything, then tell systemd READY=1; returns while the tasks run on."""
         loop = asyncio.get_running_loop()
-        self.probe.start(loop)
-        self.watchdog.start()
+        self.watcher.start(loop)
         self._spawn(self.ticker.run(), "ticker")
         try:
             await self.supervisor.start(self.cfg.workers, self.strategies)
-        except ConfigError as exc:
-            log.error("startup_failed", error=str(exc))
-            self.exit_code = EXIT_CONFIG
-            loop.stop()
-            return
         except LoopwatchError as exc:
-            # A strategy could not start (a Dask scheduler down, a factory failing):
-            # not a config error, so systemd may retry.
-            log.error("startup_failed", error=str(exc))
-            self.exit_code = EXIT_UNAVAILABLE
+            # A strategy could not start (a Dask scheduler down, a factory failing).
+            log.error("startup_failed", error=str(exc), fix=_fix_for(exc))
+            self.failure = exc
             loop.stop()
             return
         self._reload_wanted = asyncio.Event()
@@ -112,7 +140,7 @@ class App:
         )
         self.notifier.ready(self._status_text())
 
-    async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: ARG002 - aiorun's
         """Aiorun's shutdown_callback: drain workers, close pools, stop watching.
 
         Every wait has a deadline: in-flight calls get ``shutdown.timeout``, pools one
@@ -121,14 +149,13 @@ class App:
         started = perf_counter()
         self._shutting_down = True
         self.notifier.stopping()
-        loop.remove_signal_handler(signal.SIGHUP)
+        # The SIGHUP handler stays: removed, a SIGHUP during the drain would kill us.
         for task in list(self._tasks):
             task.cancel()
         in_flight = sum(w.started - w.finished for w in self.supervisor.workers.values())
         await self.supervisor.stop(self.cfg.shutdown.timeout)
         await self.strategies.aclose(1.0)
-        self.watchdog.stop()
-        self.probe.stop()
+        self.watcher.stop()
         self.failure_log.flush(force=True)
         if self.endpoint is not None:
             await asyncio.to_thread(self.endpoint.stop)
@@ -136,7 +163,7 @@ class App:
             "shutdown",
             in_flight_at_signal=in_flight,
             elapsed=round(perf_counter() - started, 3),
-            exit_code=self.exit_code,
+            failed=self.failure is not None,
         )
         self.notifier.close()
 
@@ -150,35 +177,44 @@ class App:
             await self.reload()
 
     async def reload(self) -> None:
-        """Re-read the config file and apply the difference; an invalid file changes nothing."""
+        """Re-read the config file and apply the difference.
+
+        A file that is invalid or cannot be applied changes nothing; any error is
+        counted and logged, never raised, so later reloads still work.
+        """
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path, self._environ)
-        except ConfigError as exc:
+            await self._reload()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
             self.metrics.config_reloads.labels(outcome="failure").inc()
-            log.error("config_reload_failed", error=exc.message, errors=exc.details)
+            details = getattr(exc, "details", None) or [str(exc)]
+            log.error("config_reload_failed", error=str(exc).splitlines()[0], errors=details)
+        finally:
             self.notifier.ready(self._status_text())
-            return
+
+    async def _reload(self) -> None:
+        new = load_config(self.config_path, self._environ)
         old = self.cfg
         restart_needed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+        strategies = StrategySet(new.executors, self.watcher.occupant)
+        strategies.inherit(self.strategies)
+        try:
+            # Every strategy the new config needs, before anything is stopped.
+            for worker in new.workers:
+                await strategies.get(strategy_key(worker))
+        except BaseException:
+            await strategies.aclose(self.cfg.shutdown.timeout, keep=self.strategies)
+            raise
+        changes = await self.supervisor.apply(new.workers, strategies)
+        retired, self.strategies = self.strategies, strategies
+        # Workers on changed strategies were replaced by now: close what nobody uses.
+        await retired.aclose(self.cfg.shutdown.timeout, keep=strategies)
+        self.watcher.reconfigure(new.probe.resolution, new.probe.stall_threshold)
+        self.ticker.interval_s = new.ticker.interval
         if restart_needed:
             log.warning("config_restart_required", sections=restart_needed)
-        self.probe.reconfigure(new.probe.resolution, new.probe.stall_threshold)
-        self.ticker.interval_s = new.ticker.interval
-        strategies = StrategySet(new.executors, self.occupant)
-        strategies.inherit(self.strategies)
-        retired, self.strategies = self.strategies, strategies
-        try:
-            changes = await self.supervisor.apply(new.workers, strategies)
-        except LoopwatchError as exc:
-            # The config validated but a strategy could not be built (a factory failed):
-            # the workers that could start run; the rest is logged.
-            self.metrics.config_reloads.labels(outcome="failure").inc()
-            log.error("config_reload_failed", error=str(exc), errors=[str(exc)])
-            self.notifier.ready(self._status_text())
-            return
-        finally:
-            await retired.aclose(self.cfg.shutdown.timeout)
         self.cfg = new.model_copy(update={k: getattr(old, k) for k in restart_needed})
         self.metrics.config_reloads.labels(outcome="success").inc()
         log.info(
@@ -190,7 +226,6 @@ class App:
         )
         # Last, so that the reload is announced even when the new level would hide it.
         configure_logging(new.logging)
-        self.notifier.ready(self._status_text())
 
     async def _ping_watchdog(self, interval_s: float) -> None:
         # Sent from the loop on purpose: a stuck loop stops the pings and systemd restarts us.
@@ -204,8 +239,18 @@ class App:
             self.notifier.status(self._status_text())
 
     def _status_text(self) -> str:
-        p99_ms = self.probe.recent_quantile(0.99) * 1000
+        p99_ms = self.watcher.probe.recent_quantile(0.99) * 1000
         return f"loop lag p99 {p99_ms:.1f} ms, {len(self.supervisor.workers)} workers"
+
+
+def _fix_for(exc: LoopwatchError) -> str:
+    """What to do about a start-up failure, for the log line."""
+    text = str(exc)
+    if "Dask" in text:
+        return "start the Dask scheduler or fix executors.dask.address, then restart"
+    if "factory" in text:
+        return "fix the executor factory named in the worker's `executor` key, then restart"
+    return "fix the cause above, check the config with `loopwatch check`, then restart"
 
 
 def _log_task_failed(fields: dict[str, Any]) -> None:

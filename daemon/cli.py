@@ -1,4 +1,4 @@
-"""Command line: args -> config -> run/check/bench. The only place that exits."""
+"""Command line: args -> config -> run/check/bench. The only place that exits or has exit codes."""
 
 from __future__ import annotations
 
@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import NoReturn
 
 import structlog
-from prometheus_client import CollectorRegistry
 
 from daemon import __version__
 from daemon.config import DaemonConfig, config_path_from_env, load_config
-from daemon.errors import ConfigError, EndpointError
+from daemon.errors import ConfigError, EndpointError, LoopwatchError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the metrics port is taken; a restart may succeed
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: port taken, a strategy cannot start; a restart may succeed
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from restart-looping
 
 
@@ -61,7 +60,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from daemon.bench.command import run_bench  # noqa: PLC0415 - rich/matplotlib only here
 
-        return run_bench(args)
+        try:
+            run_bench(args)
+        except ConfigError as exc:
+            print(f"loopwatch: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return EXIT_OK
     path = config_path_from_env(args.config, os.environ)
     try:
         cfg = load_config(path)
@@ -74,46 +78,46 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     return _run_daemon(cfg, path)
 
 
+def exit_code_for(failure: LoopwatchError | None) -> int:
+    """The exit code of a run that ended with ``failure`` (None: a clean stop)."""
+    if failure is None:
+        return EXIT_OK
+    if isinstance(failure, ConfigError):
+        return EXIT_CONFIG
+    return EXIT_UNAVAILABLE
+
+
 def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     import aiorun  # noqa: PLC0415
 
-    from daemon.app import App  # noqa: PLC0415
-    from daemon.endpoint import MetricsEndpoint  # noqa: PLC0415
+    from daemon.app import build_app  # noqa: PLC0415
     from daemon.logs import configure_logging  # noqa: PLC0415
-    from daemon.metrics import Metrics  # noqa: PLC0415
-    from daemon.systemd import Notifier  # noqa: PLC0415
 
     configure_logging(cfg.logging)
     sys.setswitchinterval(cfg.daemon.switch_interval)
     log = structlog.get_logger("loopwatch")
-    registry = CollectorRegistry()
-    metrics = Metrics(registry, loop_name=cfg.daemon.loop)
-    endpoint = MetricsEndpoint(cfg.metrics, registry) if cfg.metrics.port else None
+    app = build_app(cfg, config_path=path, environ=os.environ)
     try:
-        if endpoint is not None:
-            endpoint.start()
-    except ConfigError as exc:
-        log.error("startup_failed", error=str(exc))
-        return EXIT_CONFIG
-    except EndpointError as exc:
-        log.error("startup_failed", error=str(exc))
-        return EXIT_UNAVAILABLE
-    app = App(
-        cfg, config_path=path, metrics=metrics, endpoint=endpoint, notifier=Notifier(),
-        environ=os.environ,
-    )  # fmt: skip
+        if app.endpoint is not None:
+            app.endpoint.start()
+    except (ConfigError, EndpointError) as exc:
+        log.error(
+            "startup_failed", error=str(exc), fix="free the port or fix [metrics], then restart"
+        )
+        return exit_code_for(exc)
     aiorun.run(
         app.run(),
         shutdown_callback=app.shutdown,
         use_uvloop=cfg.daemon.loop == "uvloop",
         timeout_task_shutdown=5.0,
     )
-    _leave_stragglers(log)
-    return app.exit_code
+    code = exit_code_for(app.failure)
+    _leave_stragglers(log, code)
+    return code
 
 
-def _leave_stragglers(log: structlog.typing.FilteringBoundLogger) -> None:
-    """Exit past threads that cannot be stopped (a pool thread stuck in a target).
+def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> None:
+    """Exit with ``code`` past threads that cannot be stopped (a pool thread stuck in a target).
 
     The interpreter would join them at exit and hang; their calls were counted and
     cancelled already, so they are logged by name and left behind.
@@ -127,4 +131,4 @@ def _leave_stragglers(log: structlog.typing.FilteringBoundLogger) -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)

@@ -13,25 +13,31 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from daemon import targets
 from daemon.errors import ConfigError
+from loopwatch import targets
+from loopwatch.errors import TargetError
+from loopwatch.strategies import StrategyName
+from loopwatch.strategies.process import StartMethod
 
 ENV_PREFIX = "LOOPWATCH_"
 ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
 
-StrategyName = Literal["blocking", "thread", "process", "cooperative", "executor", "dask"]
-# Strategies that hand the target to a concurrent.futures-style executor, where an
-# ``async def`` target would only produce a coroutine object that never runs.
-EXECUTOR_STRATEGIES: frozenset[str] = frozenset(
+# Strategies that call the target as a plain function (all but cooperative, which
+# drives a generator): an ``async def`` target would only make a coroutine object.
+PLAIN_CALL_STRATEGIES: frozenset[StrategyName] = frozenset(
     {"blocking", "thread", "process", "executor", "dask"}
 )
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+# Upper bounds keep values within what timers and threads accept (a threshold of 1e10
+# overflowed the watchdog's wait); a day is more than any of these needs.
+DAY_S = 86_400.0
+PositiveFloat = Annotated[float, Field(gt=0, le=DAY_S)]
+NonNegativeFloat = Annotated[float, Field(ge=0, le=DAY_S)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # No inf or nan anywhere: `interval = inf` would run a worker once and print null.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DaemonSectionConfig(_Model):
@@ -54,7 +60,10 @@ class ProbeConfig(_Model):
     """``[probe]``: the lag probe and the stall watchdog."""
 
     resolution: Annotated[float, Field(gt=0, le=1.0)] = 0.01
-    stall_threshold: PositiveFloat = 0.1
+    stall_threshold: Annotated[float, Field(gt=0, le=3600.0)] = 0.1
+    # A stall this long dumps every thread's stack from C (faulthandler): it works
+    # while native code holds the GIL. 0 disables it.
+    dump_after: Annotated[float, Field(ge=0, le=3600.0)] = 10.0
 
     @model_validator(mode="after")
     def _threshold_above_resolution(self) -> Self:
@@ -107,7 +116,7 @@ class ProcessExecutorConfig(_Model):
     """``[executors.process]``: the shared ProcessPoolExecutor."""
 
     max_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    start_method: Literal["fork", "spawn", "forkserver"] = "forkserver"
+    start_method: StartMethod = "forkserver"
     # Replace a child after this many calls: bounds what a leaking target can hold.
     # (Not with start_method = "fork", where the standard library refuses it.)
     max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
@@ -308,14 +317,14 @@ def cross_check(cfg: DaemonConfig) -> list[str]:
         first_index.setdefault(worker.name, i)
         try:
             fn = targets.resolve(worker.target)
-        except ConfigError as exc:
+        except TargetError as exc:
             problems.append(f"{where}.target: {exc.message}")
         else:
             problems.extend(_check_target_kind(where, worker, fn))
         if worker.executor is not None:
             try:
                 targets.resolve(worker.executor)
-            except ConfigError as exc:
+            except TargetError as exc:
                 problems.append(f"{where}.executor: {exc.message}")
         if worker.strategy == "dask" and importlib.util.find_spec("distributed") is None:
             problems.append(
@@ -333,7 +342,7 @@ def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> 
         return [f'{where}.kwargs: do not fit "{worker.target}": {exc}']
     except ValueError:
         pass  # some builtins have no signature: the first call will tell
-    if targets.is_async(fn) and worker.strategy in EXECUTOR_STRATEGIES:
+    if targets.is_async(fn) and worker.strategy in PLAIN_CALL_STRATEGIES:
         return [
             (
                 f'{where}.target: "{worker.target}" is an async function; strategy '

@@ -1,12 +1,12 @@
-"""Exceptions factored out to avoid import loops."""
+"""The daemon's errors; the library's (``loopwatch.errors``) are re-exported for one import."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from loopwatch.errors import LoopwatchError, StrategyError, TargetError
 
-class LoopwatchError(Exception):
-    """Base of every error loopwatch raises on purpose."""
+__all__ = ["ConfigError", "EndpointError", "LoopwatchError", "StrategyError", "TargetError"]
 
 
 class ConfigError(LoopwatchError):
@@ -19,10 +19,6 @@ class ConfigError(LoopwatchError):
 
     def __str__(self) -> str:
         return "\n".join([self.message, *(f"  {line}" for line in self.details)])
-
-
-class StrategyError(LoopwatchError):
-    """A strategy could not be built or has been closed."""
 
 
 class EndpointError(LoopwatchError):

@@ -1,11 +1,10 @@
-"""Every metric loopwatch exports, on an injectable registry."""
+"""Every metric the daemon exports: the library's watch metrics plus workers and pools."""
 
 from __future__ import annotations
 
 import platform
 import sys
 
-import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -17,21 +16,13 @@ from prometheus_client import (
 )
 
 from daemon import __version__
+from loopwatch.metrics import WatchMetrics
 
-# Alerts and dashboards rely on the edges from 1 ms to 10 s; the sub-millisecond ones
-# show the idle noise floor (~0.2 ms) apart from real lag.
-LAG_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
 DURATION_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 OUTCOMES = ("ok", "error", "timeout", "cancelled")
-
-# `_created` series double the series count and no alert or panel uses them.
-prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -41,22 +32,7 @@ class Metrics:
         self.registry = registry
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        self.event_loop_lag = Histogram(
-            "loopwatch_event_loop_lag_seconds",
-            "How late the lag probe's timer fired: time the loop could not run callbacks.",
-            buckets=LAG_BUCKETS,
-            registry=registry,
-        )
-        self.event_loop_stall = Gauge(
-            "loopwatch_event_loop_stall_seconds",
-            "Length of the stall in progress, 0 when the loop is responsive.",
-            registry=registry,
-        )
-        self.event_loop_stalls = Counter(
-            "loopwatch_event_loop_stalls",
-            "Stalls: the loop unresponsive for longer than probe.stall_threshold.",
-            registry=registry,
-        )
+        self.watch = WatchMetrics.on(registry)
         self.tick_drift = Gauge(
             "loopwatch_tick_drift_seconds",
             "How late the last ticker tick came.",

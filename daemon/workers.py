@@ -10,12 +10,12 @@ from time import perf_counter
 
 import structlog
 
-from daemon import targets
 from daemon.config import WorkerConfig
 from daemon.metrics import OUTCOMES, Metrics
-from daemon.strategies import Call, Strategy
-from daemon.strategy_set import StrategySet
-from daemon.throttle import LogThrottle
+from loopwatch import targets
+from loopwatch.strategies import Call, Strategy
+from loopwatch.strategies.set import StrategyKey, StrategySet
+from loopwatch.throttle import LogThrottle
 
 log = structlog.get_logger("loopwatch.workers")
 
@@ -23,6 +23,11 @@ BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 # Grace, past a call's own timeout, before a draining worker cancels it on reload.
 RELOAD_DRAIN_GRACE_S = 1.0
+
+
+def strategy_key(cfg: WorkerConfig) -> StrategyKey:
+    """Which shared strategy instance a worker uses."""
+    return (cfg.strategy, cfg.executor)
 
 
 def backoff_s(interval_s: float, failures: int, jitter: float = 1.0) -> float:
@@ -174,7 +179,7 @@ class WorkerSupervisor:
         self.workers: dict[str, Worker] = {}
 
     async def _new_worker(self, cfg: WorkerConfig, strategies: StrategySet) -> Worker:
-        strategy = await strategies.get(cfg)
+        strategy = await strategies.get(strategy_key(cfg))
         return Worker(cfg, strategy, self._metrics, self._failure_log)
 
     async def start(self, cfgs: tuple[WorkerConfig, ...], strategies: StrategySet) -> None:
@@ -195,14 +200,14 @@ class WorkerSupervisor:
         # Every strategy the new config needs is built first: if one cannot be, nothing
         # has been stopped yet.
         for needed in cfgs:
-            await strategies.get(needed)
+            await strategies.get(strategy_key(needed))
         drains = []
         for name, worker in list(self.workers.items()):
             cfg = wanted.get(name)
             if cfg is None:
                 changes.removed.append(name)
                 drains.append(self._retire(worker, None, strategies))
-            elif cfg != worker.cfg or strategies.peek(cfg) is not worker.strategy:
+            elif cfg != worker.cfg or strategies.peek(strategy_key(cfg)) is not worker.strategy:
                 changes.replaced.append(name)
                 drains.append(self._retire(worker, cfg, strategies))
         for name, cfg in wanted.items():

@@ -117,3 +117,30 @@ def leak(mb: int = 5) -> int:
     """Keep ``mb`` more MB alive in this process on every call; return the pid."""
     _leaked.append(b"x" * (mb * 1024 * 1024))
     return os.getpid()
+
+
+def native_sum(n: int = 30_000_000) -> int:
+    """One C call that holds the GIL throughout (~0.4 s for 3e7 here)."""
+    return sum(range(n))
+
+
+def gc_heavy(pairs: int = 600_000) -> int:
+    """Make ``pairs`` reference cycles, then collect them all in one full collection."""
+    import gc
+
+    gc.disable()
+    try:
+        for _ in range(pairs):
+            a: list[object] = []
+            b: list[object] = [a]
+            a.append(b)
+        return gc.collect()
+    finally:
+        gc.enable()
+
+
+def wait_in_library(seconds: float = 0.3) -> int:
+    """Block inside the standard library: the user's line is this one, not subprocess.py."""
+    import subprocess
+
+    return subprocess.run(["sleep", str(seconds)], check=True).returncode

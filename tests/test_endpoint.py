@@ -14,7 +14,8 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
-from daemon.config import MetricsConfig
+from daemon.app import build_app
+from daemon.config import DaemonConfig, MetricsConfig
 from daemon.endpoint import MetricsEndpoint
 from daemon.errors import ConfigError, EndpointError
 from daemon.metrics import Metrics
@@ -23,8 +24,10 @@ from tests.conftest import free_port
 
 @pytest.fixture
 def endpoint(registry: CollectorRegistry) -> Iterator[MetricsEndpoint]:
-    Metrics(registry)
-    ep = MetricsEndpoint(MetricsConfig(port=free_port()), registry)
+    """The endpoint as the composition root builds it (which also drops ``_created``)."""
+    app = build_app(DaemonConfig(metrics=MetricsConfig(port=free_port())), registry=registry)
+    ep = app.endpoint
+    assert ep is not None
     ep.start()
     yield ep
     ep.stop()

@@ -10,19 +10,19 @@ from time import perf_counter
 
 import pytest
 
-from daemon import targets, workloads
-from daemon.config import CooperativeExecutorConfig, ProcessExecutorConfig, ThreadExecutorConfig
-from daemon.errors import StrategyError
+from daemon import workloads
 from daemon.executors import DaemonThreadExecutor
-from daemon.process_strategy import ProcessStrategy
-from daemon.strategies import (
+from loopwatch import targets
+from loopwatch.errors import StrategyError
+from loopwatch.occupant import Occupant
+from loopwatch.strategies import (
     BlockingStrategy,
     Call,
     CooperativeStrategy,
-    ExecutorFactoryStrategy,
+    ExecutorStrategy,
+    ProcessStrategy,
     ThreadStrategy,
 )
-from daemon.watchdog import Occupant
 from tests import targets as test_targets
 
 
@@ -59,7 +59,7 @@ async def test_blocking_overrun_is_a_timeout_after_the_fact() -> None:
 
 async def test_cooperative_slice_keeps_lag_near_the_slice() -> None:
     """A 5 ms slice: a timer waiting on the loop is late by about one slice, not the call."""
-    strategy = CooperativeStrategy(CooperativeExecutorConfig(slice=0.005), Occupant())
+    strategy = CooperativeStrategy(slice_s=0.005)
     task = asyncio.ensure_future(strategy.call(Call(workloads.countdown, {"n": 5_000_000}), 30.0))
     worst = await max_lag_while(task)
     assert await task == 5_000_000
@@ -68,7 +68,7 @@ async def test_cooperative_slice_keeps_lag_near_the_slice() -> None:
 
 async def test_cooperative_yield_every_counts_safe_points() -> None:
     """``yield_every`` gives the loop back every N safe points (the tutorial's method)."""
-    strategy = CooperativeStrategy(CooperativeExecutorConfig(yield_every=1), Occupant())
+    strategy = CooperativeStrategy(yield_every=1)
     ticks = 0
 
     async def count_ticks() -> None:
@@ -87,7 +87,7 @@ async def test_cooperative_yield_every_counts_safe_points() -> None:
 
 async def test_cooperative_timeout_closes_the_generator() -> None:
     """A timeout stops the generator at a safe point."""
-    strategy = CooperativeStrategy(CooperativeExecutorConfig(), Occupant())
+    strategy = CooperativeStrategy()
     started = perf_counter()
     with pytest.raises(TimeoutError):
         await strategy.call(Call(test_targets.spin_gen, {"seconds": 5.0}), 0.1)
@@ -96,7 +96,7 @@ async def test_cooperative_timeout_closes_the_generator() -> None:
 
 async def test_thread_timeout_holds_the_slot_until_the_thread_returns() -> None:
     """A timed-out thread call raises only once the thread is free again."""
-    strategy = ThreadStrategy(ThreadExecutorConfig(max_workers=1))
+    strategy = ThreadStrategy(max_workers=1)
     started = perf_counter()
     with pytest.raises(TimeoutError):
         await strategy.call(Call(test_targets.block, {"seconds": 0.3}), 0.05)
@@ -107,7 +107,7 @@ async def test_thread_timeout_holds_the_slot_until_the_thread_returns() -> None:
 
 async def test_process_runs_generators_in_a_child_and_survives_a_killed_child() -> None:
     """Generators run to completion in a child; a dead child breaks one call only."""
-    strategy = ProcessStrategy(ProcessExecutorConfig(max_workers=1, start_method="fork"))
+    strategy = ProcessStrategy(max_workers=1, start_method="fork")
     await strategy.start()
     try:
         child = await strategy.call(Call(test_targets.pid), 10.0)
@@ -122,9 +122,9 @@ async def test_process_runs_generators_in_a_child_and_survives_a_killed_child() 
 
 async def test_process_close_kills_children_still_busy() -> None:
     """Children busy past the close deadline are killed: nothing outlives the daemon."""
-    strategy = ProcessStrategy(ProcessExecutorConfig(max_workers=1, start_method="fork"))
+    strategy = ProcessStrategy(max_workers=1, start_method="fork")
     await strategy.start()
-    processes = list(strategy.executor._processes.values())  # type: ignore[attr-defined]
+    processes = list(strategy.pool._processes.values())  # type: ignore[attr-defined]
     call = asyncio.ensure_future(strategy.call(Call(test_targets.hang), 60.0))
     await asyncio.sleep(0.2)
     started = time.monotonic()
@@ -138,20 +138,20 @@ async def test_process_close_kills_children_still_busy() -> None:
 
 async def test_executor_factory_must_return_an_executor() -> None:
     """The factory's result is checked."""
-    strategy = ExecutorFactoryStrategy("daemon.executors:daemon_thread_executor")
-    assert isinstance(strategy.executor, DaemonThreadExecutor)
+    strategy = ExecutorStrategy.from_factory("daemon.executors:daemon_thread_executor")
+    assert isinstance(strategy.pool, DaemonThreadExecutor)
     assert await strategy.call(Call(workloads.countdown, {"n": 5}), 5.0) == 5
     await strategy.aclose(1.0)
     with pytest.raises(StrategyError, match="returned int, not a concurrent.futures.Executor"):
-        ExecutorFactoryStrategy("tests.targets:pid")
+        ExecutorStrategy.from_factory("tests.targets:pid")
     with pytest.raises(StrategyError, match='executor factory "tests.targets:fail" failed'):
-        ExecutorFactoryStrategy("tests.targets:fail")
+        ExecutorStrategy.from_factory("tests.targets:fail")
 
 
 def test_drive_refuses_a_coroutine_that_slipped_through() -> None:
     """A hidden coroutine fails loudly instead of 'succeeding' without running."""
     with pytest.raises(TypeError, match="returned an awaitable"):
-        targets.drive(test_targets.async_target, {})
+        targets.drive(test_targets.async_target, (), {})
 
 
 def test_daemon_thread_executor_limits_concurrency_and_refuses_after_shutdown() -> None:

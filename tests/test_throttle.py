@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.throttle import LogThrottle
+from loopwatch.throttle import LogThrottle
 
 
 class Clock:

@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry
 
 from daemon.config import ExecutorsConfig, WorkerConfig
 from daemon.metrics import Metrics
-from daemon.strategy_set import StrategySet
-from daemon.throttle import LogThrottle
-from daemon.watchdog import Occupant
-from daemon.workers import WorkerSupervisor, backoff_s
+from daemon.workers import WorkerSupervisor, backoff_s, strategy_key
+from loopwatch.occupant import Occupant
+from loopwatch.strategies.set import StrategySet
+from loopwatch.throttle import LogThrottle
 
 
 def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
@@ -150,13 +150,13 @@ async def test_strategy_set_keeps_unchanged_strategies_on_inherit() -> None:
     occupant = Occupant()
     old = StrategySet(ExecutorsConfig(), occupant)
     w = WorkerConfig(name="w", target="daemon.workloads:blocking_io", strategy="thread")
-    thread = await old.get(w)
+    thread = await old.get(strategy_key(w))
     same = StrategySet(ExecutorsConfig(), occupant)
     same.inherit(old)
-    assert same.peek(w) is thread
+    assert same.peek(strategy_key(w)) is thread
     changed = StrategySet(ExecutorsConfig.model_validate({"thread": {"max_workers": 9}}), occupant)
     changed.inherit(same)
-    assert changed.peek(w) is None
+    assert changed.peek(strategy_key(w)) is None
     await same.aclose(1.0)
     await changed.aclose(1.0)
 

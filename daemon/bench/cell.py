@@ -17,14 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from daemon.config import ExecutorsConfig, WorkerConfig
 from daemon.metrics import Metrics
-from daemon.probe import LagProbe
-from daemon.strategies import Call
-from daemon.strategy_set import StrategySet
-from daemon.targets import resolve
-from daemon.throttle import LogThrottle
 from daemon.ticker import Ticker
-from daemon.watchdog import Occupant
-from daemon.workers import Worker
+from daemon.workers import Worker, strategy_key
+from loopwatch.occupant import Occupant
+from loopwatch.probe import LagProbe
+from loopwatch.strategies import Call
+from loopwatch.strategies.set import StrategySet
+from loopwatch.targets import resolve
+from loopwatch.throttle import LogThrottle
 
 TICK_INTERVAL_S = 0.5
 MAX_KEPT_SAMPLES = 3000
@@ -87,7 +87,7 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
         timeout=600.0,
     )
     strategies = StrategySet(ExecutorsConfig.model_validate(spec.executors), Occupant())
-    strategy = await strategies.get(worker_cfg)
+    strategy = await strategies.get(strategy_key(worker_cfg))
     # Pools, caches (the generated JSON document) and imports warm up before the clock.
     warm_up = Call(resolve(spec.target), spec.kwargs, "bench")
     await asyncio.gather(*(strategy.call(warm_up, 600.0) for _ in range(spec.concurrency)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import subprocess
@@ -14,11 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from daemon import __version__, targets
+from daemon import __version__
 from daemon.bench.cell import CellSpec
 from daemon.bench.chart import write_chart
 from daemon.bench.matrix import WORKLOADS, cells, median_row, recommend, run_cell
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, TargetError
+from loopwatch import targets
 
 
 def machine() -> dict[str, Any]:
@@ -35,7 +37,7 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace) -> None:
     """Run the matrix (or the user's target), print the table, write the files."""
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -48,9 +50,8 @@ def run_bench(args: argparse.Namespace) -> int:
         try:
             kwargs = json.loads(args.kwargs)
             targets.resolve(args.target)
-        except (ConfigError, json.JSONDecodeError) as exc:
-            console.print(f"loopwatch bench: {exc}")
-            return 78
+        except (TargetError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"bench --target {args.target}: {exc}") from None
         workloads = {"target": (args.target, kwargs, kwargs)}
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -68,16 +69,19 @@ def run_bench(args: argparse.Namespace) -> int:
     )
     (out / "overhead.json").write_text(json.dumps(overhead, indent=2) + "\n")
     (out / "machine.json").write_text(json.dumps(report, indent=2) + "\n")
+    chart = importlib.util.find_spec("matplotlib") is not None
     if rows:
-        write_chart(rows, out / "bench.png")
+        if chart:
+            write_chart(rows, out / "bench.png")
+        else:
+            console.print('no chart: matplotlib is missing (pip install "loopwatch[bench]")')
         console.print(_matrix_table(rows))
     if overhead:
         console.print(_overhead_table(overhead))
     for workload in dict.fromkeys(r["workload"] for r in rows):
         strategy, reason = recommend([r for r in rows if r["workload"] == workload])
         console.print(f"[bold]{workload}[/]: use [bold]{strategy}[/] — {reason}")
-    console.print(f"wrote {out / 'bench.json'}, {out / 'bench.png'}")
-    return 0
+    console.print(f"wrote {out / 'bench.json'}" + (f", {out / 'bench.png'}" if chart else ""))
 
 
 def _run_matrix(console: Console, specs: list[CellSpec], repeats: int) -> list[dict[str, Any]]:

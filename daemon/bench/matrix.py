@@ -10,8 +10,8 @@ from dataclasses import asdict
 from statistics import median
 from typing import Any
 
-from daemon import targets
 from daemon.bench.cell import CellSpec
+from loopwatch import targets
 
 # The tutorial's experiments: a blocking client, its CPU countdown, and "walk every key
 # of a multi-MB JSON".

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -19,18 +20,12 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from daemon.config import (
-    ProcessExecutorConfig,
-    StrategyName,
-    ThreadExecutorConfig,
-    WorkerConfig,
-)
+from daemon.config import WorkerConfig
 from daemon.metrics import Metrics
-from daemon.process_strategy import ProcessStrategy
-from daemon.strategies import Strategy, ThreadStrategy
-from daemon.throttle import LogThrottle
 from daemon.workers import Worker
 from daemon.workloads import generated_document
+from loopwatch.strategies import ProcessStrategy, Strategy, StrategyName, ThreadStrategy
+from loopwatch.throttle import LogThrottle
 
 CONCURRENT = 100
 OneCall = Callable[[], Awaitable[Any]]
@@ -59,9 +54,6 @@ def _loopwatch(strategy: Strategy, kwargs: dict[str, Any]) -> OneCall:
 
 async def methods(payload: bytes) -> dict[str, OneCall]:
     """Each method as a zero-argument coroutine function doing one call."""
-    import anyio.to_thread  # noqa: PLC0415 - bench extra
-    from asgiref.sync import sync_to_async  # noqa: PLC0415
-
     loop = asyncio.get_running_loop()
     fn = functools.partial(payload_len, payload)
     kwargs = {"data": payload}
@@ -69,20 +61,27 @@ async def methods(payload: bytes) -> dict[str, OneCall]:
     process_pool = concurrent.futures.ProcessPoolExecutor(
         2, mp_context=multiprocessing.get_context("forkserver")
     )
-    thread = ThreadStrategy(ThreadExecutorConfig(max_workers=4))
-    process = ProcessStrategy(ProcessExecutorConfig(max_workers=2))
+    thread = ThreadStrategy(max_workers=4)
+    process = ProcessStrategy(max_workers=2)
     await process.start()
     await asyncio.gather(*(loop.run_in_executor(process_pool, payload_len) for _ in range(2)))
-    to_async = sync_to_async(fn, thread_sensitive=False)
-    return {
+    table: dict[str, OneCall] = {
         "loopwatch thread": _loopwatch(thread, kwargs),
         "asyncio.to_thread": lambda: asyncio.to_thread(fn),
         "loop.run_in_executor(thread)": lambda: loop.run_in_executor(thread_pool, fn),
-        "anyio.to_thread.run_sync": lambda: anyio.to_thread.run_sync(fn),
-        "asgiref sync_to_async": to_async,
-        "loopwatch process": _loopwatch(process, kwargs),
-        "loop.run_in_executor(process)": lambda: loop.run_in_executor(process_pool, fn),
     }
+    # The peers come with the bench extra; a plain install measures without them.
+    with contextlib.suppress(ImportError):
+        import anyio.to_thread  # noqa: PLC0415
+
+        table["anyio.to_thread.run_sync"] = lambda: anyio.to_thread.run_sync(fn)
+    with contextlib.suppress(ImportError):
+        from asgiref.sync import sync_to_async  # noqa: PLC0415
+
+        table["asgiref sync_to_async"] = sync_to_async(fn, thread_sensitive=False)
+    table["loopwatch process"] = _loopwatch(process, kwargs)
+    table["loop.run_in_executor(process)"] = lambda: loop.run_in_executor(process_pool, fn)
+    return table
 
 
 async def seconds_per_call(call: OneCall, n: int, concurrent: int) -> float:

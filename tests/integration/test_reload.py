@@ -39,7 +39,7 @@ def test_switching_blocking_to_thread_removes_stalls_without_restart(
     config = write_config(one_worker("blocking"))
     daemon = start_daemon(config)
     daemon.wait_ready()
-    daemon.wait_event("stall")
+    daemon.wait_event("stall", lambda e: not e["ongoing"])
     write_config(one_worker("thread"))
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_event("config_reloaded")

@@ -11,7 +11,8 @@ from typing import Protocol
 class Observer(Protocol):
     """What the probe needs of a histogram."""
 
-    def observe(self, amount: float) -> None: ...  # noqa: D102
+    def observe(self, amount: float) -> None:
+        """Record one lag sample in seconds."""
 
 
 # Recent samples kept for STATUS= and the bench: 10 s at the default 10 ms.
@@ -53,9 +54,17 @@ class LagProbe:
         self._loop = None
 
     def reconfigure(self, resolution_s: float, stall_threshold_s: float) -> None:
-        """Change the sampling period and threshold from the next sample on."""
+        """Change the sampling period and threshold now (call from the loop's thread).
+
+        The pending sample is rescheduled at once: left due at the old, longer period it
+        would look overdue by the difference, a false stall.
+        """
         self.resolution_s = resolution_s
         self.stall_threshold_s = stall_threshold_s
+        if self._handle is not None:
+            self._handle.cancel()
+            self.last_beat = now = perf_counter()
+            self._schedule(now)
 
     def _schedule(self, now: float) -> None:
         assert self._loop is not None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from types import GeneratorType
 from typing import Any, cast
 
-from daemon.errors import ConfigError
+from loopwatch.errors import TargetError
 
 Target = Callable[..., Any]
 
@@ -17,28 +17,34 @@ Target = Callable[..., Any]
 def resolve(path: str) -> Target:
     """Import ``module:attr`` and return the callable it names.
 
-    Raises ConfigError naming the path when the module or attribute is missing
-    or the attribute is not callable.
+    Raises TargetError naming the path when the module cannot be imported for any
+    reason (missing, relative, a syntax error, any exception raised at import), or the
+    attribute is missing or not callable.
     """
     module_name, sep, attr_path = path.partition(":")
     if not sep or not module_name or not attr_path:
-        raise ConfigError(f'"{path}" is not an import path of the form "module:function"')
+        raise TargetError(f'"{path}" is not an import path of the form "module:function"')
+    if module_name.startswith("."):
+        raise TargetError(f'"{path}" is a relative import path: name the module from the top')
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f'cannot import module "{module_name}" of "{path}": {exc}') from exc
+    except Exception as exc:  # a user's module may raise anything while it is imported
+        raise TargetError(
+            f'cannot import module "{module_name}" of "{path}": {type(exc).__name__}: {exc}'
+        ) from exc
     obj: Any = module
     for attr in attr_path.split("."):
         try:
             obj = getattr(obj, attr)
         except AttributeError:
-            raise ConfigError(f'module "{module_name}" has no attribute "{attr_path}"') from None
+            raise TargetError(f'module "{module_name}" has no attribute "{attr_path}"') from None
     if not callable(obj):
-        raise ConfigError(f'"{path}" names a {type(obj).__name__}, not a callable')
+        raise TargetError(f'"{path}" names a {type(obj).__name__}, not a callable')
     return obj  # type: ignore[no-any-return]  # callable() checked it
 
 
-def _unwrap(fn: Target) -> Target:
+def unwrap(fn: Target) -> Target:
+    """The function under partials and decorators (``functools.wraps``)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     return cast("Target", inspect.unwrap(fn))
@@ -46,21 +52,21 @@ def _unwrap(fn: Target) -> Target:
 
 def is_async(fn: Target) -> bool:
     """True for ``async def`` functions (and async generators), through partials and wrappers."""
-    inner = _unwrap(fn)
+    inner = unwrap(fn)
     return inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner)
 
 
 def is_generator(fn: Target) -> bool:
     """True for generator functions: their ``yield`` statements are safe points."""
-    return inspect.isgeneratorfunction(_unwrap(fn))
+    return inspect.isgeneratorfunction(unwrap(fn))
 
 
-def drive(fn: Target, kwargs: dict[str, Any]) -> Any:
-    """Call ``fn(**kwargs)``; a generator is run to completion and its return value returned.
+def drive(fn: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``fn(*args, **kwargs)``; a generator is run to completion, its return value returned.
 
     Module-level so that process pools can pickle it by reference.
     """
-    result = fn(**kwargs)
+    result = fn(*args, **kwargs)
     if isinstance(result, GeneratorType):
         try:
             while True:

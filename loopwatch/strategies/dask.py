@@ -1,8 +1,9 @@
-"""DaskStrategy: calls run on a Dask cluster (``loopwatch[dask]``).
+"""The ``dask`` strategy: calls run on a Dask cluster (``loopwatch[dask]``).
 
 The client runs in synchronous mode, on its own IO thread, and calls go through its
 ``concurrent.futures`` interface: the daemon's loop only waits on futures, so neither
-the scheduler's chatter nor (de)serialization ever runs on it. ``pure=False`` because
+the scheduler's chatter nor (de)serialization ever runs on it.
+``distributed`` is imported only when a strategy connects. ``pure=False`` because
 Dask would otherwise cache the result of identical calls and never run them again.
 """
 
@@ -16,10 +17,11 @@ import threading
 from typing import Any
 
 import structlog
+from typing_extensions import override
 
-from daemon.config import DaskExecutorConfig
-from daemon.errors import StrategyError
-from daemon.strategies import Call, PoolStrategy
+from loopwatch.errors import StrategyError
+from loopwatch.strategies.base import Call
+from loopwatch.strategies.pool import PoolStrategy
 
 log = structlog.get_logger("loopwatch.dask")
 
@@ -31,8 +33,13 @@ class DaskStrategy(PoolStrategy):
 
     name = "dask"
 
-    def __init__(self, cfg: DaskExecutorConfig) -> None:
-        self._cfg = cfg
+    def __init__(
+        self, *, address: str = "", n_workers: int = 2, threads_per_worker: int = 1
+    ) -> None:
+        self._address = address
+        self._n_workers = n_workers
+        self._threads_per_worker = threads_per_worker
+        self.closed = False
         self._client: Any = None
         self._cluster: Any = None
         self._lock = threading.Lock()
@@ -41,37 +48,47 @@ class DaskStrategy(PoolStrategy):
     @property
     def address(self) -> str:
         """The scheduler's address (the embedded cluster's, once started)."""
-        return (
-            str(self._client.scheduler.address) if self._client is not None else self._cfg.address
-        )
+        return str(self._client.scheduler.address) if self._client is not None else self._address
 
+    @override
     async def start(self) -> None:
         """Connect (and start the embedded cluster) in a thread: it takes seconds."""
         try:
             await asyncio.to_thread(self._connect)
         except (OSError, TimeoutError) as exc:
-            raise StrategyError(
-                f"cannot reach Dask scheduler {self._cfg.address!r}: {exc}"
-            ) from exc
+            raise StrategyError(f"cannot reach Dask scheduler {self._address!r}: {exc}") from exc
         log.info("dask_connected", scheduler=self.address, embedded=self._cluster is not None)
 
     def _connect(self) -> None:
-        from distributed import Client, LocalCluster  # noqa: PLC0415 - optional extra
-
-        if self._cfg.address:
-            client = Client(self._cfg.address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        try:
+            from distributed import Client, LocalCluster  # noqa: PLC0415 - optional extra
+        except ImportError as exc:
+            raise StrategyError(
+                'strategy "dask" needs dask.distributed: pip install "loopwatch[dask]"'
+            ) from exc
+        if self.closed:
+            raise StrategyError("dask strategy is closed: not connecting")
+        if self._address:
+            client = Client(self._address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         else:
             self._cluster = LocalCluster(
-                n_workers=self._cfg.n_workers,
-                threads_per_worker=self._cfg.threads_per_worker,
+                n_workers=self._n_workers,
+                threads_per_worker=self._threads_per_worker,
                 processes=True,
                 dashboard_address=None,
                 silence_logs=logging.WARNING,
             )
-            client = Client(self._cluster, set_as_default=False)
+            try:
+                client = Client(self._cluster, set_as_default=False)
+            except BaseException:
+                # A cluster whose client never came up would leak its worker processes.
+                self._cluster.close()
+                self._cluster = None
+                raise
         self._client = client
-        self.executor = client.get_executor(pure=False)
+        self.pool = client.get_executor(pure=False)
 
+    @override
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         client = self._client
         if client is None or client.status != "running":
@@ -87,7 +104,7 @@ class DaskStrategy(PoolStrategy):
         # The client retries on its own for distributed.comm.timeouts.connect, then gives
         # up for good: past that, a new client is needed once the scheduler is back.
         with self._lock:
-            if self._reconnecting or not self._cfg.address:
+            if self._reconnecting or self.closed or not self._address:
                 return
             self._reconnecting = True
         threading.Thread(
@@ -103,12 +120,15 @@ class DaskStrategy(PoolStrategy):
             self._connect()
             log.info("dask_reconnected", scheduler=self.address)
         except (OSError, TimeoutError) as exc:
-            log.warning("dask_reconnect_failed", scheduler=self._cfg.address, error=repr(exc))
+            log.warning("dask_reconnect_failed", scheduler=self._address, error=repr(exc))
         finally:
             self._reconnecting = False
 
+    @override
     async def aclose(self, timeout_s: float) -> None:
         """Close the client, then the embedded cluster, each within ``timeout_s``."""
+        with self._lock:
+            self.closed = True
         await asyncio.to_thread(self._close, timeout_s)
 
     def _close(self, timeout_s: float) -> None:

@@ -1,4 +1,4 @@
-"""ProcessStrategy: a shared ProcessPoolExecutor whose children never outlive the daemon."""
+"""The ``process`` strategy: a ProcessPoolExecutor whose children never outlive their parent."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 import structlog
+from typing_extensions import override
 
-from daemon import targets
-from daemon.config import ProcessExecutorConfig
-from daemon.strategies import Call, PoolStrategy
+from loopwatch import targets
+from loopwatch.errors import StrategyError
+from loopwatch.occupant import run_tracked
+from loopwatch.strategies.base import Call
+from loopwatch.strategies.pool import PoolStrategy
+
+StartMethod = Literal["fork", "spawn", "forkserver"]
 
 log = structlog.get_logger("loopwatch.strategies")
 
@@ -52,62 +57,80 @@ class ProcessStrategy(PoolStrategy):
 
     name = "process"
 
-    def __init__(self, cfg: ProcessExecutorConfig) -> None:
-        self._cfg = cfg
+    def __init__(
+        self,
+        *,
+        max_workers: int = 2,
+        start_method: StartMethod = "forkserver",
+        max_tasks_per_child: int | None = None,
+    ) -> None:
+        self.max_workers = max_workers
+        self._start_method = start_method
+        self._max_tasks_per_child = max_tasks_per_child
         self._lock = threading.Lock()
         super().__init__(self._new_pool())
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
         return concurrent.futures.ProcessPoolExecutor(
-            self._cfg.max_workers,
-            mp_context=multiprocessing.get_context(self._cfg.start_method),
+            self.max_workers,
+            mp_context=multiprocessing.get_context(self._start_method),
             initializer=_init_pool_child,
             initargs=(os.getpid(),),
-            max_tasks_per_child=self._cfg.max_tasks_per_child,
+            max_tasks_per_child=self._max_tasks_per_child,
         )
 
+    @override
     async def start(self) -> None:
         """Start every child now, off the loop.
 
         Starting a forkserver/spawn child blocks its caller ~0.15 s: done on the loop by
         the first calls, that would be the daemon's first stall.
         """
-        await asyncio.to_thread(_warm_up, self.executor, self._cfg.max_workers)
+        await asyncio.to_thread(_warm_up, self.pool, self.max_workers)
 
-    async def call(self, call: Call, timeout_s: float) -> Any:  # noqa: D102
-        pool = self.executor
+    @override
+    async def call(self, call: Call, timeout_s: float) -> Any:
+        pool = self.pool
         try:
             return await super().call(call, timeout_s)
         except BrokenProcessPool:
             self._replace(pool)
             raise
 
+    @override
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
-        pool = self.executor
+        pool = self.pool
         try:
-            return pool.submit(targets.drive, call.fn, call.kwargs)
+            return pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
         except BrokenProcessPool:
             self._replace(pool)
-            return self.executor.submit(targets.drive, call.fn, call.kwargs)
+            if self.closed:
+                raise StrategyError("process pool is closed") from None
+            return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
 
     def _replace(self, broken: concurrent.futures.Executor) -> None:
         with self._lock:
-            if self.executor is not broken:
+            if self.pool is not broken:
                 return  # another call already replaced it
+            if self.closed:
+                return  # closing: a broken pool is not rebuilt (the caller's error stands)
             log.warning("process_pool_replaced", reason="a child process died")
-            self.executor = self._new_pool()
+            self.pool = self._new_pool()
             # Both off the loop: shutting a broken pool down can block for seconds
             # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
             threading.Thread(
                 target=_retire_and_warm_up,
-                args=(broken, self.executor, self._cfg.max_workers),
+                args=(broken, self.pool, self.max_workers),
                 name="loopwatch-pool-replace",
                 daemon=True,
             ).start()
 
+    @override
     async def aclose(self, timeout_s: float) -> None:
         """Cancel queued calls, wait for busy children up to ``timeout_s``, then kill them."""
-        pool = self.executor
+        with self._lock:
+            self.closed = True
+        pool = self.pool
         processes = list(getattr(pool, "_processes", {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(_join_processes, processes, timeout_s)

@@ -1,0 +1,52 @@
+"""loopwatch: watch any asyncio loop, name what blocks it and why, and run sync code off it."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from loopwatch.errors import LoopwatchError, StrategyError, TargetError
+from loopwatch.metrics import WatchMetrics
+from loopwatch.occupant import Occupant
+from loopwatch.offload import run_sync
+from loopwatch.strategies import (
+    STRATEGY_NAMES,
+    BlockingStrategy,
+    Call,
+    CooperativeStrategy,
+    DaskStrategy,
+    ExecutorStrategy,
+    PoolStrategy,
+    ProcessStrategy,
+    Strategy,
+    StrategyName,
+    ThreadStrategy,
+    build_strategy,
+)
+from loopwatch.watcher import Watcher, watch
+
+try:
+    __version__ = version("loopwatch")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "STRATEGY_NAMES",
+    "BlockingStrategy",
+    "Call",
+    "CooperativeStrategy",
+    "DaskStrategy",
+    "ExecutorStrategy",
+    "LoopwatchError",
+    "Occupant",
+    "PoolStrategy",
+    "ProcessStrategy",
+    "Strategy",
+    "StrategyError",
+    "StrategyName",
+    "TargetError",
+    "ThreadStrategy",
+    "WatchMetrics",
+    "Watcher",
+    "__version__",
+    "build_strategy",
+    "run_sync",
+    "watch",
+]

@@ -1,0 +1,93 @@
+"""NativeDump: every thread's stack, written from C by faulthandler when the loop is stuck.
+
+faulthandler's timer thread is a C thread: it dumps even while native code holds the
+GIL and no Python thread (the watchdog included) can run. The dump goes to a pipe the
+watchdog reads once it runs again. faulthandler has one such timer per process: a
+program that uses ``dump_traceback_later`` itself should set ``dump_after = 0``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import fcntl
+import math
+import os
+import re
+from time import perf_counter
+
+# Re-arming costs ~56 us: once a second is enough, the deadline moves by at most that
+# (by half of dump_after when that is shorter).
+REARM_EVERY_S = 1.0
+_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+_FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
+
+
+class NativeDump:
+    """Arms faulthandler to dump after ``after_s`` without a re-arm, and reads dumps back."""
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self._rearm_s = min(REARM_EVERY_S, after_s / 2)
+        self._read_fd, self._write_fd = os.pipe()
+        for fd in (self._read_fd, self._write_fd):
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            # Never block: not the C writer on a full pipe, not the watchdog reading.
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self._armed_at = -math.inf
+        self._buffer = b""
+
+    def keep_armed(self) -> None:
+        """Push the dump's deadline forward (at most once a second: it is not free)."""
+        now = perf_counter()
+        if now - self._armed_at >= self._rearm_s:
+            # + one re-arm period: the deadline was set up to that long before the stall.
+            faulthandler.dump_traceback_later(
+                self.after_s + self._rearm_s, repeat=False, file=self._write_fd
+            )
+            self._armed_at = now
+
+    def disarm(self) -> None:
+        """Cancel the pending dump; the next ``keep_armed`` arms it again."""
+        faulthandler.cancel_dump_traceback_later()
+        self._armed_at = -math.inf
+
+    def take(self) -> str | None:
+        """The dump written since the last call, if any."""
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        if not self._buffer:
+            return None
+        text, self._buffer = self._buffer.decode(errors="replace"), b""
+        self._armed_at = -math.inf  # it fired: arm again at the next healthy wake
+        return text
+
+    def close(self) -> None:
+        """Cancel the dump and close the pipe."""
+        faulthandler.cancel_dump_traceback_later()
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def stack_in_dump(dump: str, thread_id: int) -> list[str]:
+    """The thread's stack from a faulthandler dump, innermost last, as ``file:line function``."""
+    wanted = f"0x{thread_id:016x}"
+    lines: list[str] = []
+    inside = False
+    for row in dump.splitlines():
+        header = _HEADER.match(row)
+        if header:
+            inside = int(header.group(1), 16) == thread_id or header.group(1) == wanted
+            continue
+        frame = _FRAME.match(row) if inside else None
+        if frame:
+            lines.append(f"{frame.group(1)}:{frame.group(2)} {frame.group(3)}")
+    lines.reverse()  # faulthandler prints the most recent call first
+    return lines

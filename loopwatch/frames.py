@@ -1,0 +1,68 @@
+"""Stacks as ``file:line function`` lines, and which frame of one is the user's code."""
+
+from __future__ import annotations
+
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+STACK_LIMIT = 30
+_MAX_DEPTH = 256
+
+_LIBRARY_DIR = str(Path(__file__).parent) + "/"
+_DAEMON_DIR = str(Path(__file__).parent.parent / "daemon") + "/"
+# The daemon's built-in workloads and example executors are targets: user code.
+_TARGETS_IN_DAEMON = (_DAEMON_DIR + "workloads.py", _DAEMON_DIR + "executors.py")
+
+
+def _not_user_prefixes() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    keys = ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
+    dirs = {paths[key] for key in keys if key in paths}
+    dirs |= {str(Path(d).resolve()) for d in dirs}
+    return tuple(d.rstrip("/") + "/" for d in dirs)
+
+
+_NOT_USER = _not_user_prefixes()
+
+
+def is_user_file(filename: str) -> bool:
+    """False for the standard library, site-packages, loopwatch and the daemon's plumbing."""
+    if filename.startswith(_TARGETS_IN_DAEMON):
+        return True
+    if filename.startswith("<") or "/site-packages/" in filename or "/dist-packages/" in filename:
+        return False
+    return not filename.startswith((*_NOT_USER, _LIBRARY_DIR, _DAEMON_DIR))
+
+
+def frame_lines(frame: FrameType | None, limit: int = STACK_LIMIT) -> list[str]:
+    """The stack from ``frame`` outwards, innermost last, as ``file:line function`` lines."""
+    lines: list[str] = []
+    depth = 0
+    while frame is not None and depth < _MAX_DEPTH:
+        code = frame.f_code
+        lines.append(f"{code.co_filename}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+        depth += 1
+    lines.reverse()
+    return lines[-limit:]
+
+
+def thread_stack(thread_id: int, limit: int = STACK_LIMIT) -> list[str]:
+    """The thread's current stack (empty when it has no Python frame)."""
+    return frame_lines(sys._current_frames().get(thread_id), limit)
+
+
+def is_user_line(line: str) -> bool:
+    """Whether a ``file:line function`` line is in the user's code."""
+    return is_user_file(line.rpartition(" ")[0].rpartition(":")[0])
+
+
+def culprit_of(stack: Sequence[str]) -> str:
+    """The innermost line of the user's code; the innermost line when there is none."""
+    for line in reversed(stack):
+        if is_user_line(line):
+            return line
+    return stack[-1] if stack else "unknown"

@@ -1,0 +1,45 @@
+"""Occupant: who runs on the loop thread, and on each pool thread, as the watchdog sees it.
+
+Thread contract: ``worker`` and ``last`` are written only by the loop thread (the strategies that
+run code on the loop); ``requests`` only by the loop thread (the web middlewares);
+``POOL_CALLS`` by each pool thread for itself. The watchdog thread only reads, while
+the loop may be stuck. Every write is one store of an immutable value into an
+attribute or a dict, atomic under the GIL, so no lock is taken on either side: a lock
+held by a stuck loop would stop the watchdog too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from loopwatch import targets
+
+# Pool thread ident -> (worker, target) of the latest call that thread ran. Kept after
+# the call ends: a call that held the GIL has often returned by the time the watchdog
+# gets the GIL back, and the watchdog still has to name it.
+POOL_CALLS: dict[int, tuple[str, targets.Target]] = {}
+
+
+def run_tracked(
+    worker: str, fn: targets.Target, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run a call in a pool thread, noting which worker's target the thread runs."""
+    POOL_CALLS[threading.get_ident()] = (worker, fn)
+    return targets.drive(fn, args, kwargs)
+
+
+class Occupant:
+    """The worker (daemon) and the request (library mode) whose code runs on the loop."""
+
+    __slots__ = ("last", "requests", "worker")
+
+    def __init__(self) -> None:
+        self.worker: str | None = None
+        # (worker, target, start, end) of the latest blocking call, end = inf while it
+        # runs: a stall the watchdog could only look at after it ended (native code or a
+        # collection held the GIL) is still put on its worker and target.
+        self.last: tuple[str, targets.Target | None, float, float] = ("", None, 0.0, 0.0)
+        # Task -> "METHOD /route/{template}", set by the web middlewares per request.
+        self.requests: dict[asyncio.Task[Any], str] = {}

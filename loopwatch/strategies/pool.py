@@ -1,0 +1,121 @@
+"""Strategies whose calls run in a ``concurrent.futures`` pool: ``thread`` and ``executor``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from typing_extensions import override
+
+from loopwatch import targets
+from loopwatch.errors import StrategyError, TargetError
+from loopwatch.occupant import run_tracked
+from loopwatch.strategies.base import Call, Strategy
+
+
+class PoolStrategy(Strategy):
+    """Submits calls to a ``concurrent.futures.Executor``.
+
+    A thread (or a busy pool process) cannot be killed: on timeout the call is counted
+    as timed out, but the caller's slot waits for it to really end before it starts
+    another, so timeouts never pile up abandoned threads beyond the callers' concurrency.
+    """
+
+    name = "executor"
+
+    def __init__(self, pool: concurrent.futures.Executor) -> None:
+        self.pool = pool
+        self.closed = False
+
+    @override
+    async def call(self, call: Call, timeout_s: float) -> Any:
+        future = self._submit(call)
+        waiter = asyncio.wrap_future(future)
+        loop = waiter.get_loop()
+        # One timer handle that cancels the waiter, rather than asyncio.timeout(): this
+        # is the per-call hot path, and cancelling the waiter also cancels a queued call.
+        timer = loop.call_later(timeout_s, waiter.cancel) if timeout_s < math.inf else None
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: not this call's fault
+            if timer is not None and loop.time() >= timer.when():
+                await self._wait_abandoned(future)
+                raise TimeoutError from None
+            # The pool dropped the call (a Dask scheduler lost it, a pool shut down):
+            # an error of this call, not a cancellation of our caller.
+            raise StrategyError(f"{self.name} pool cancelled the call") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
+        return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
+
+    @staticmethod
+    async def _wait_abandoned(future: concurrent.futures.Future[Any]) -> None:
+        if not future.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wrap_future(future)
+
+    @override
+    async def aclose(self, timeout_s: float) -> None:
+        """Cancel queued calls; wait up to ``timeout_s`` for running ones (never killed)."""
+        self.closed = True
+        pool = self.pool
+        # shutdown(wait=True) in a daemon thread of its own: a pool thread stuck in a
+        # target for good must neither block the loop nor the interpreter's exit.
+        closer = threading.Thread(
+            target=pool.shutdown,
+            kwargs={"wait": True, "cancel_futures": True},
+            name="loopwatch-pool-close",
+            daemon=True,
+        )
+        closer.start()
+        await asyncio.to_thread(closer.join, timeout_s)
+
+
+class ThreadStrategy(PoolStrategy):
+    """A ThreadPoolExecutor: right for blocking I/O; CPU work in it still holds the GIL."""
+
+    name = "thread"
+
+    def __init__(self, *, max_workers: int = 4) -> None:
+        self.max_workers = max_workers
+        super().__init__(
+            concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="loopwatch")
+        )
+
+
+class ExecutorStrategy(PoolStrategy):
+    """Any ``concurrent.futures.Executor`` you give it; ``aclose`` shuts it down."""
+
+    name = "executor"
+
+    @classmethod
+    def from_factory(cls, factory_path: str) -> ExecutorStrategy:
+        """Call the ``"module:factory"`` named and wrap the executor it returns.
+
+        Raises StrategyError when the factory fails or returns something else.
+        """
+        try:
+            factory: Callable[[], Any] = targets.resolve(factory_path)
+        except TargetError as exc:
+            raise StrategyError(exc.message) from exc
+        try:
+            pool = factory()
+        except Exception as exc:
+            raise StrategyError(f'executor factory "{factory_path}" failed: {exc!r}') from exc
+        if not isinstance(pool, concurrent.futures.Executor):
+            raise StrategyError(
+                f'executor factory "{factory_path}" returned {type(pool).__name__}, '
+                "not a concurrent.futures.Executor"
+            )
+        return cls(pool)

@@ -1,0 +1,84 @@
+"""StrategySet: the strategy instances a set of callers needs, shared, built on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import assert_never
+
+import structlog
+
+from loopwatch.occupant import Occupant
+from loopwatch.strategies import PoolSettings, Strategy, StrategyName, build_strategy
+
+log = structlog.get_logger("loopwatch.strategies")
+
+# (strategy name, executor factory path or None): one instance per key.
+StrategyKey = tuple[StrategyName, str | None]
+
+
+class StrategySet:
+    """Builds each strategy the first time a caller needs it and closes them all at the end."""
+
+    def __init__(self, settings: PoolSettings, occupant: Occupant) -> None:
+        self.settings = settings
+        self._occupant = occupant
+        self._strategies: dict[StrategyKey, Strategy] = {}
+        self._lock = asyncio.Lock()
+
+    def _settings_of(self, key: StrategyKey) -> object:
+        """What a strategy was built from: equal settings -> the instance can be kept."""
+        name, factory = key
+        match name:
+            case "blocking":
+                return None
+            case "thread":
+                return self.settings.thread
+            case "process":
+                return self.settings.process
+            case "cooperative":
+                return self.settings.cooperative
+            case "executor":
+                return factory
+            case "dask":
+                return self.settings.dask
+            case _:
+                assert_never(name)
+
+    async def get(self, key: StrategyKey) -> Strategy:
+        """The started strategy for ``key``; raises StrategyError when it cannot be built."""
+        async with self._lock:
+            strategy = self._strategies.get(key)
+            if strategy is None:
+                strategy = build_strategy(key[0], self.settings, self._occupant, key[1])
+                try:
+                    await strategy.start()
+                except BaseException:
+                    await strategy.aclose(1.0)
+                    raise
+                self._strategies[key] = strategy
+            return strategy
+
+    def peek(self, key: StrategyKey) -> Strategy | None:
+        """The strategy ``key`` would get, if it exists already."""
+        return self._strategies.get(key)
+
+    def inherit(self, old: StrategySet) -> None:
+        """Share ``old``'s strategies whose settings did not change (``old`` keeps them too)."""
+        for key, strategy in old._strategies.items():
+            if old._settings_of(key) == self._settings_of(key):
+                self._strategies[key] = strategy
+
+    def __contains__(self, strategy: Strategy) -> bool:
+        return any(s is strategy for s in self._strategies.values())
+
+    async def aclose(self, timeout_s: float, *, keep: StrategySet | None = None) -> None:
+        """Close every strategy, each within ``timeout_s``, except those ``keep`` holds."""
+        strategies, self._strategies = list(self._strategies.values()), {}
+        if keep is not None:
+            strategies = [s for s in strategies if s not in keep]
+        results = await asyncio.gather(
+            *(s.aclose(timeout_s) for s in strategies), return_exceptions=True
+        )
+        for strategy, result in zip(strategies, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("strategy_close_failed", strategy=strategy.name, error=repr(result))

@@ -1,0 +1,394 @@
+"""StallWatchdog: a thread that follows a stuck loop while it is stuck and says why.
+
+Healthy, it wakes about once per ``stall_threshold`` and takes the GIL for
+microseconds: a baseline reading of the thread clocks, and faulthandler re-armed at
+most once a second. When the probe's heartbeat is ``stall_threshold`` overdue it
+samples every ``SAMPLE_S`` until the loop comes back: the loop thread's stack, the
+worker or task on it, and the evidence of ``causes``. Each interval between samples
+is charged to what the sample saw, so a stall made of several blocks is split by
+culprit, and the seconds add up to the stall's duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any
+
+import structlog
+
+from loopwatch import causes, frames
+from loopwatch.dump import NativeDump, stack_in_dump
+from loopwatch.metrics import WatchMetrics
+from loopwatch.occupant import POOL_CALLS, Occupant
+from loopwatch.probe import LagProbe
+from loopwatch.targets import unwrap
+from loopwatch.throttle import LogThrottle
+
+log = structlog.get_logger("loopwatch")
+
+# Repeats of the same culprit within this window become one summary line.
+AGGREGATE_WINDOW_S = 10.0
+SAMPLE_S = 0.01
+# A stall still going this long after its threshold is logged while it lasts.
+ONGOING_AFTER_S = 0.5
+# The watchdog woke this much later than it asked: some thread held the GIL meanwhile.
+LATE_S = 0.02
+
+Emit = Callable[[dict[str, Any]], None]
+Key = tuple[str, str | None, str]
+
+
+@dataclass
+class Sample:
+    """What one sample saw: charged to the interval that ends with it."""
+
+    culprit: str
+    worker: str | None
+    cause: causes.Cause
+    stack: list[str]
+    task: str | None = None
+    request: str | None = None
+
+
+@dataclass
+class Stall:
+    """A stall being followed: its segments and the evidence gathered so far."""
+
+    beat: float
+    start: float
+    # Keyed by (file and function, worker, cause): a loop's samples land on several
+    # lines of one function, and the user looks for the function, then its hottest line.
+    seconds: dict[Key, float] = field(default_factory=dict)
+    lines: dict[Key, dict[str, float]] = field(default_factory=dict)
+    first: dict[Key, Sample] = field(default_factory=dict)
+    loop_cpu_s: float = 0.0
+    gc_s: float = 0.0
+    gc_generation: int = -1
+    queue_wait_s: float = 0.0
+    holders: set[str] = field(default_factory=set)
+    dump: str | None = None
+    counted: bool = False
+
+    def charge(self, sample: Sample, seconds: float, verdict: causes.Verdict) -> None:
+        """Add ``seconds`` of the stall to what ``sample`` saw."""
+        key = (_function_of(sample.culprit), sample.worker, sample.cause)
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+        lines = self.lines.setdefault(key, {})
+        lines[sample.culprit] = lines.get(sample.culprit, 0.0) + seconds
+        self.first.setdefault(key, sample)
+        self.loop_cpu_s += verdict.loop_cpu_s
+        self.gc_s += verdict.gc_s
+        self.gc_generation = max(self.gc_generation, verdict.gc_generation)
+        self.queue_wait_s += verdict.queue_wait_s
+
+    def fit(self, duration: float) -> None:
+        """Scale the segments to add up to ``duration`` (the probe's measure of the stall)."""
+        total = sum(self.seconds.values())
+        if total > 0:
+            scale = duration / total
+            self.seconds = {k: v * scale for k, v in self.seconds.items()}
+
+    def _hottest(self, key: Key) -> str:
+        lines = self.lines[key]
+        return max(lines, key=lines.__getitem__)
+
+    def fields(self, duration: float, *, ongoing: bool) -> dict[str, Any]:
+        """The ``stall`` event."""
+        ranked = sorted(self.seconds.items(), key=lambda kv: kv[1], reverse=True)
+        culprits = [
+            {
+                "culprit": self._hottest(key),
+                "worker": key[1],
+                "cause": key[2],
+                "seconds": round(s, 4),
+            }
+            for key, s in ranked
+        ]
+        top = self.first[ranked[0][0]] if ranked else Sample("unknown", None, "unknown", [])
+        out: dict[str, Any] = {
+            "duration": round(duration, 4),
+            "cause": top.cause,
+            "culprit": culprits[0]["culprit"] if culprits else "unknown",
+            "worker": top.worker,
+            "stack": top.stack,
+            "culprits": culprits,
+            "ongoing": ongoing,
+            "loop_cpu": round(self.loop_cpu_s, 4),
+        }
+        if top.task is not None:
+            out["task"] = top.task
+        if top.request is not None:
+            out["request"] = top.request
+        if self.gc_s > 0:
+            out["gc_seconds"] = round(self.gc_s, 4)
+            out["gc_generation"] = self.gc_generation
+        if self.queue_wait_s > 0:
+            out["run_queue_wait"] = round(self.queue_wait_s, 4)
+        if self.holders:
+            out["gil_holders"] = sorted(self.holders)
+        if self.dump is not None:
+            out["dump"] = self.dump
+        return out
+
+
+class StallWatchdog:
+    """Watches the probe's heartbeat from a thread of its own (see the module docstring)."""
+
+    def __init__(
+        self,
+        probe: LagProbe,
+        metrics: WatchMetrics,
+        occupant: Occupant,
+        *,
+        dump_after_s: float = 10.0,
+        aggregate_window_s: float = AGGREGATE_WINDOW_S,
+        emit: Emit | None = None,
+    ) -> None:
+        self._probe = probe
+        self._metrics = metrics
+        self._occupant = occupant
+        self._emit = emit if emit is not None else _log_stall
+        self._throttle = LogThrottle(self._emit, aggregate_window_s, value_name="duration")
+        self._dump = NativeDump(dump_after_s) if dump_after_s > 0 else None
+        self._gc = causes.GcTracker()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_ident = 0
+        self._loop_native_id: int | None = None
+        self._baseline: causes.Reading | None = None
+        self._wake_due = 0.0
+        self._reported_beat = 0.0
+        self.stalls = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start watching ``loop`` (call from the loop's thread)."""
+        self._loop = loop
+        self._loop_ident = threading.get_ident()
+        self._loop_native_id = threading.get_native_id()
+        self._stopped.clear()
+        self._gc.install()
+        if self._dump is not None:
+            self._dump.keep_armed()  # now: the first call may hold the GIL before we run
+        self._metrics.event_loop_stall.set_function(self.current_stall_s)
+        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread; a stall still in progress and held-back repeats are logged."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        self._gc.uninstall()
+        if self._dump is not None:
+            self._dump.close()
+        self._throttle.flush(force=True)
+        self._metrics.event_loop_stall.set_function(lambda: 0.0)
+
+    def current_stall_s(self) -> float:
+        """Length of the stall in progress, 0 when the loop is responsive."""
+        if self._stopped.is_set():
+            return 0.0
+        overdue = perf_counter() - self._probe.last_beat - self._probe.resolution_s
+        return overdue if overdue >= self._probe.stall_threshold_s else 0.0
+
+    def _read(self) -> causes.Reading:
+        return causes.read(self._loop_ident, self._loop_native_id, threading.get_ident())
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._watch()
+            except Exception:
+                # The watchdog must outlive any bug of its own: log it, then go on.
+                log.exception("watchdog_error")
+                self._stopped.wait(1.0)
+
+    def _watch(self) -> None:
+        self._baseline = self._read()
+        while not self._stopped.is_set():
+            beat = self._probe.last_beat
+            threshold = self._probe.stall_threshold_s
+            overdue = perf_counter() - beat - self._probe.resolution_s
+            if overdue >= threshold:
+                self._follow(beat)
+                continue
+            reading = self._read()
+            self._report_unseen(reading)
+            self._baseline = reading
+            self._throttle.flush()
+            if self._dump is not None:
+                self._dump.keep_armed()
+            wait_s = threshold - overdue + 0.001
+            self._wake_due = perf_counter() + wait_s
+            self._stopped.wait(wait_s)
+
+    def _follow(self, beat: float) -> None:
+        probe = self._probe
+        stall = Stall(beat=beat, start=beat + probe.resolution_s)
+        prev = self._baseline or self._read()
+        last: Sample | None = None
+        while True:
+            reading = self._read()
+            came_back = probe.last_beat != beat
+            if came_back and last is not None:
+                break
+            # The first interval starts at the stall's start: back-dated to the first sample.
+            begin = stall.start if last is None else prev.at
+            # Back before the first look: the loop's stack is of what came after.
+            verdict, sample = self._look(prev, reading, stall, begin, sample_loop=not came_back)
+            self._charge(stall, sample, max(0.0, reading.at - begin), verdict)
+            prev, last = reading, sample
+            if came_back:
+                break
+            if not stall.counted and reading.at - stall.start >= (
+                probe.stall_threshold_s + ONGOING_AFTER_S
+            ):
+                self._report(stall, reading.at - stall.start, ongoing=True)
+            self._wake_due = perf_counter() + SAMPLE_S
+            if self._stopped.wait(SAMPLE_S):
+                break
+        self._finish(stall, prev, last)
+
+    def _finish(self, stall: Stall, prev: causes.Reading, last: Sample | None) -> None:
+        long_beat, long_lag = self._probe.last_long_lag
+        # Not the probe's figure when still stuck (we are stopping) or the probe stopped.
+        duration = long_lag if long_beat == stall.beat else perf_counter() - stall.start
+        tail = stall.start + duration - prev.at
+        if tail > 0 and last is not None:
+            self._charge_seconds(stall, last, tail)
+        stall.fit(duration)
+        self._reported_beat = stall.beat
+        self._baseline = self._read()
+        self._report(stall, duration, ongoing=False)
+
+    def _report_unseen(self, reading: causes.Reading) -> None:
+        """Report a stall the watchdog never saw: the GIL was held from its start to its end."""
+        long_beat, long_lag = self._probe.last_long_lag
+        if long_beat <= self._reported_beat or self._baseline is None:
+            return
+        self._reported_beat = long_beat
+        stall = Stall(beat=long_beat, start=long_beat + self._probe.resolution_s)
+        verdict, sample = self._look(self._baseline, reading, stall, stall.start, sample_loop=False)
+        self._charge(stall, sample, long_lag, verdict)
+        stall.fit(long_lag)
+        self._report(stall, long_lag, ongoing=False)
+
+    def _look(
+        self,
+        prev: causes.Reading,
+        reading: causes.Reading,
+        stall: Stall,
+        begin: float,
+        *,
+        sample_loop: bool = True,
+    ) -> tuple[causes.Verdict, Sample]:
+        """Why the loop was stuck from ``begin`` to ``reading``, and on what."""
+        late = reading.at - self._wake_due > LATE_S
+        gc_s, generation = self._gc.overlap(prev.at, reading.at)
+        verdict = causes.classify(prev, reading, gc_s, generation, watchdog_late=late)
+        if self._dump is not None:
+            dump = self._dump.take()
+            if dump is not None:
+                stall.dump = dump
+        if verdict.cause == "gil" and verdict.holder is not None:
+            return verdict, self._holder_sample(verdict.holder, stall)
+        stack = frames.thread_stack(self._loop_ident) if sample_loop else []
+        if (late or not stack) and stall.dump is not None:
+            # The watchdog was blind (native code held the GIL): faulthandler was not.
+            stack = stack_in_dump(stall.dump, self._loop_ident) or stack
+        task, request = self._task_and_request()
+        culprit = frames.culprit_of(stack) if stack else "unknown (the GIL was held)"
+        worker = self._occupant.worker if sample_loop else None
+        if worker is None or not frames.is_user_line(culprit):
+            # Blind, or the loop moved on: the blocking call that overlapped this interval.
+            last_worker, fn, start, end = self._occupant.last
+            if fn is not None and start <= reading.at and end >= begin:
+                worker = last_worker or None
+                if not frames.is_user_line(culprit):
+                    culprit = _definition(fn) or culprit
+        return verdict, Sample(culprit, worker, verdict.cause, stack, task=task, request=request)
+
+    def _holder_sample(self, ident: int, stall: Stall) -> Sample:
+        name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
+        stall.holders.add(name)
+        stack = frames.thread_stack(ident)
+        worker, fn = POOL_CALLS.get(ident, (None, None))
+        code = getattr(unwrap(fn), "__code__", None) if fn is not None else None
+        if code is None or _runs(stack, code.co_filename, code.co_name):
+            culprit = frames.culprit_of(stack) if stack else "unknown"
+        else:
+            # The call returned before the watchdog got the GIL back: name its target.
+            culprit = _definition(fn) or "unknown"
+        return Sample(culprit, worker or None, "gil", stack)
+
+    def _task_and_request(self) -> tuple[str | None, str | None]:
+        loop = self._loop
+        if loop is None:
+            return None, None
+        try:
+            task = asyncio.current_task(loop)
+        except RuntimeError:
+            return None, None
+        if task is None:
+            return None, None
+        coro = task.get_coro()
+        name = getattr(coro, "__qualname__", type(coro).__name__)
+        return f"{task.get_name()} ({name})", self._occupant.requests.get(task)
+
+    def _charge(
+        self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict
+    ) -> None:
+        stall.charge(sample, seconds, verdict)
+        self._metrics.event_loop_blocked.labels(sample.worker or "", sample.cause).inc(seconds)
+
+    def _charge_seconds(self, stall: Stall, sample: Sample, seconds: float) -> None:
+        self._charge(stall, sample, seconds, causes.Verdict(sample.cause, loop_cpu_s=0.0))
+
+    def _report(self, stall: Stall, duration: float, *, ongoing: bool) -> None:
+        fields = stall.fields(duration, ongoing=ongoing)
+        if not stall.counted:
+            stall.counted = True
+            self.stalls += 1
+            self._metrics.event_loop_stalls.inc()
+            if not ongoing:
+                # A stall seen only at its end: repeats of one culprit are aggregated.
+                self._throttle.offer((fields["worker"], fields["culprit"]), fields, duration)
+                return
+        self._emit(fields)
+
+
+def _definition(fn: Any) -> str | None:
+    """``file:line function`` of where ``fn`` is defined, None for builtins."""
+    code = getattr(unwrap(fn), "__code__", None)
+    return None if code is None else f"{code.co_filename}:{code.co_firstlineno} {code.co_name}"
+
+
+def _function_of(line: str) -> str:
+    """``file:line function`` -> ``file function``."""
+    where, _, function = line.rpartition(" ")
+    return f"{where.rpartition(':')[0]} {function}" if where else line
+
+
+def _runs(stack: list[str], filename: str, function: str) -> bool:
+    """Whether ``function`` of ``filename`` is on ``stack``."""
+    return any(line.startswith(filename + ":") and line.endswith(" " + function) for line in stack)
+
+
+class StackLines(list[str]):
+    """A stack as a list of lines (JSON), that structlog's ConsoleRenderer can print too.
+
+    ConsoleRenderer pops ``stack`` and prepends a newline to it, expecting a string.
+    """
+
+    def __radd__(self, other: str) -> str:
+        return other + "\n".join(self)
+
+
+def _log_stall(fields: dict[str, Any]) -> None:
+    log.warning("stall", **{**fields, "stack": StackLines(fields["stack"])})

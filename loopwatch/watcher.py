@@ -1,0 +1,107 @@
+"""Watcher: the lag probe and the stall watchdog on one running loop; ``watch()`` for users."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CollectorRegistry
+
+from loopwatch.metrics import WatchMetrics
+from loopwatch.occupant import Occupant
+from loopwatch.probe import LagProbe
+from loopwatch.watchdog import StallWatchdog
+
+
+def check_settings(resolution: float, stall_threshold: float, dump_after: float) -> None:
+    """Raise ValueError naming the setting when one is not finite or out of range."""
+    for name, value in (
+        ("resolution", resolution),
+        ("stall_threshold", stall_threshold),
+        ("dump_after", dump_after),
+    ):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f'"{name}" must be a finite number >= 0: {value!r}')
+    if not 0 < resolution <= 1.0:
+        raise ValueError(f'"resolution" must be > 0 and <= 1 s: {resolution!r}')
+    if stall_threshold <= resolution:
+        raise ValueError(
+            f'"stall_threshold" ({stall_threshold!r}) must be greater than '
+            f'"resolution" ({resolution!r})'
+        )
+
+
+class Watcher:
+    """Watches one running loop: lag into a histogram, stalls logged with their cause.
+
+    Build it anywhere, ``start()`` it from the loop's thread, ``stop()`` it from there too.
+    The watchdog is a daemon thread: it never keeps a process alive.
+    """
+
+    def __init__(
+        self,
+        *,
+        metrics: WatchMetrics | None = None,
+        registry: CollectorRegistry | None = None,
+        occupant: Occupant | None = None,
+        resolution: float = 0.01,
+        stall_threshold: float = 0.1,
+        dump_after: float = 10.0,
+    ) -> None:
+        check_settings(resolution, stall_threshold, dump_after)
+        self.metrics = metrics if metrics is not None else WatchMetrics.on(registry)
+        self.occupant = occupant if occupant is not None else Occupant()
+        self.probe = LagProbe(self.metrics.event_loop_lag, resolution, stall_threshold)
+        self.watchdog = StallWatchdog(
+            self.probe, self.metrics, self.occupant, dump_after_s=dump_after
+        )
+
+    @property
+    def stalls(self) -> int:
+        """Stalls reported so far."""
+        return self.watchdog.stalls
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Start watching ``loop`` (the running loop when None), from its thread."""
+        loop = asyncio.get_running_loop() if loop is None else loop
+        self.probe.start(loop)
+        self.watchdog.start(loop)
+
+    def stop(self) -> None:
+        """Stop watching; a stall in progress is logged with what is known of it."""
+        self.watchdog.stop()
+        self.probe.stop()
+
+    def reconfigure(self, resolution: float, stall_threshold: float) -> None:
+        """Change the probe's period and the stall threshold now (from the loop's thread)."""
+        check_settings(resolution, stall_threshold, 0.0)
+        self.probe.reconfigure(resolution, stall_threshold)
+
+
+@asynccontextmanager
+async def watch(
+    registry: CollectorRegistry | None = None,
+    resolution: float = 0.01,
+    stall_threshold: float = 0.1,
+    dump_after: float = 10.0,
+) -> AsyncIterator[Watcher]:
+    """Watch the running loop for the duration of the ``async with`` block.
+
+    Stalls are logged as ``stall`` events (structlog, logger ``"loopwatch"``) and the
+    metrics are registered on ``registry`` (``prometheus_client.REGISTRY`` when None).
+    Raises ValueError naming a setting that is not finite or out of range. On exit,
+    including by cancellation, watching stops and a stall in progress is logged.
+    """
+    watcher = Watcher(
+        registry=registry,
+        resolution=resolution,
+        stall_threshold=stall_threshold,
+        dump_after=dump_after,
+    )
+    watcher.start()
+    try:
+        yield watcher
+    finally:
+        watcher.stop()

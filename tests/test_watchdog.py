@@ -1,0 +1,241 @@
+"""StallWatchdog on a real loop: every culprit of a stall, its cause, while it lasts."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+
+from loopwatch.occupant import run_tracked
+from loopwatch.watcher import Watcher
+from tests import targets as test_targets
+
+Events = list[MutableMapping[str, Any]]
+
+
+@pytest.fixture
+def stalls() -> Iterator[Events]:
+    """Every ``stall`` event logged during the test (from the watchdog's thread too)."""
+    with structlog.testing.capture_logs() as logs:
+        yield logs
+
+
+def stall_events(logs: Events) -> Events:
+    """The final ``stall`` lines (not the ones logged while a stall lasted)."""
+    return [e for e in logs if e["event"] == "stall" and not e["ongoing"]]
+
+
+def spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def spin_longer(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def watched(
+    registry: CollectorRegistry, *, threshold: float = 0.05, dump_after: float = 0.0
+) -> Watcher:
+    watcher = Watcher(registry=registry, stall_threshold=threshold, dump_after=dump_after)
+    watcher.start()
+    await asyncio.sleep(0.05)
+    return watcher
+
+
+async def settle(watcher: Watcher, count: int = 1) -> None:
+    """Let the loop run until the watchdog has reported ``count`` stalls (or 3 s passed)."""
+    deadline = time.perf_counter() + 3.0
+    while watcher.stalls < count and time.perf_counter() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.05)
+    watcher.stop()
+
+
+def blocked(registry: CollectorRegistry, worker: str, cause: str) -> float:
+    value = registry.get_sample_value(
+        "loopwatch_event_loop_blocked_seconds_total", {"worker": worker, "cause": cause}
+    )
+    return value or 0.0
+
+
+async def test_cpu_stall_names_the_users_line_and_its_worker(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """A spin on the loop: cause cpu, the spinning line as culprit, the occupant's worker."""
+    watcher = await watched(registry)
+    watcher.occupant.worker = "me"
+    spin(0.3)
+    watcher.occupant.worker = None
+    await settle(watcher)
+    [event] = stall_events(stalls)
+    assert event["cause"] == "cpu"
+    assert event["worker"] == "me"
+    assert "tests/test_watchdog.py:" in event["culprit"]
+    assert event["culprit"].endswith(" spin")
+    assert event["stack"][-1] == event["culprit"]
+    assert event["duration"] == pytest.approx(0.3, abs=0.05)
+    assert event["loop_cpu"] == pytest.approx(0.3, abs=0.1)
+    assert event["ongoing"] is False
+    assert sum(c["seconds"] for c in event["culprits"]) == pytest.approx(event["duration"], 1e-3)
+    assert blocked(registry, "me", "cpu") == pytest.approx(0.3, abs=0.06)
+    assert registry.get_sample_value("loopwatch_event_loop_stalls_total") == 1
+
+
+async def test_back_to_back_blocks_are_split_by_culprit(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """Two blocks with no beat between them: one stall, both culprits with their seconds."""
+    watcher = await watched(registry)
+    loop = asyncio.get_running_loop()
+    loop.call_soon(spin, 0.3)
+    loop.call_soon(spin_longer, 0.6)
+    await settle(watcher)
+    [event] = stall_events(stalls)
+    seconds = {c["culprit"].rpartition(" ")[2]: c["seconds"] for c in event["culprits"]}
+    assert seconds["spin"] == pytest.approx(0.3, rel=0.15)
+    assert seconds["spin_longer"] == pytest.approx(0.6, rel=0.1)
+    assert event["culprit"].endswith(" spin_longer")
+    assert event["duration"] == pytest.approx(0.9, abs=0.06)
+
+
+async def test_wait_in_a_library_names_the_users_line(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """A blocking call inside the standard library: cause wait, the caller's line."""
+    watcher = await watched(registry)
+    test_targets.wait_in_library(0.4)
+    await settle(watcher)
+    [event] = stall_events(stalls)
+    assert event["cause"] == "wait"
+    assert event["culprit"].rpartition(" ")[2] == "wait_in_library"
+    assert "tests/targets.py:" in event["culprit"]
+    assert any("subprocess.py" in line for line in event["stack"])
+    assert event["loop_cpu"] < 0.1
+
+
+async def test_a_thread_holding_the_gil_is_the_culprit(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """A pool-style thread in one long C call: cause gil, its worker and target named."""
+    watcher = await watched(registry)
+    done, release = threading.Event(), threading.Event()
+
+    def pool_thread() -> None:  # like a pool's thread: it stays after its call
+        run_tracked("hog", test_targets.native_sum, (60_000_000,), {})
+        done.set()
+        release.wait(10)
+
+    hog = threading.Thread(target=pool_thread, name="hog-1")
+    hog.start()
+    while not done.is_set():
+        await asyncio.sleep(0.005)
+    await settle(watcher)
+    release.set()
+    hog.join()
+    events = stall_events(stalls)
+    assert events, "no stall seen"
+    event = max(events, key=lambda e: e["duration"])
+    assert event["cause"] == "gil", event
+    assert event["worker"] == "hog"
+    assert "tests/targets.py:" in event["culprit"]
+    assert event["culprit"].endswith(" native_sum")
+    assert event["gil_holders"] == ["hog-1"]
+    assert blocked(registry, "hog", "gil") > 0.2
+
+
+async def test_garbage_collection_is_its_own_cause(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """A full collection of many cycles: cause gc, with the GC seconds and generation."""
+    gc.disable()
+    try:
+        cycles = []
+        for _ in range(800_000):
+            a: list[object] = []
+            a.append([a])
+            cycles.append(a)
+        del cycles
+        watcher = await watched(registry)
+        gc.collect()
+    finally:
+        gc.enable()
+    await settle(watcher)
+    events = stall_events(stalls)
+    assert events, "the collection was shorter than the threshold"
+    event = max(events, key=lambda e: e["duration"])
+    assert event["cause"] == "gc", event
+    assert event["gc_generation"] == 2
+    gc_part = sum(c["seconds"] for c in event["culprits"] if c["cause"] == "gc")
+    assert gc_part >= 0.5 * event["duration"]
+    assert event["gc_seconds"] > 0.05
+
+
+async def test_a_long_stall_is_logged_and_counted_while_it_lasts(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """The ongoing line comes while the loop is still stuck; the final line is not recounted."""
+    watcher = await watched(registry)
+    seen_while_stuck = None
+    deadline = time.perf_counter() + 3.0
+    while time.perf_counter() < deadline:  # the loop is stuck in here
+        ongoing = [e for e in stalls if e["event"] == "stall" and e["ongoing"]]
+        if ongoing:
+            seen_while_stuck = ongoing[0]
+            counted = registry.get_sample_value("loopwatch_event_loop_stalls_total")
+            break
+        time.sleep(0.01)
+    stuck_for = time.perf_counter() - (deadline - 3.0)
+    await settle(watcher)
+    assert seen_while_stuck is not None
+    assert stuck_for < 0.05 + 1.0 + 0.2  # within about a second of the threshold
+    assert counted == 1
+    assert seen_while_stuck["culprit"].endswith(
+        " test_a_long_stall_is_logged_and_counted_while_it_lasts"
+    )
+    final = stall_events(stalls)
+    assert len(final) == 1
+    assert final[0]["duration"] >= seen_while_stuck["duration"]
+    assert registry.get_sample_value("loopwatch_event_loop_stalls_total") == 1
+
+
+async def test_native_code_holding_the_gil_on_the_loop_is_named_from_the_dump(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """No Python thread runs during one long C call; faulthandler's dump names it."""
+    watcher = await watched(registry, dump_after=0.2)
+    await asyncio.sleep(0.2)  # let the watchdog arm the dump (every 0.1 s at this setting)
+    test_targets.native_sum(60_000_000)  # ~0.8 s here; the dump comes within 0.3 s
+    await settle(watcher)
+    event = max(stall_events(stalls), key=lambda e: e["duration"])
+    assert event["cause"] == "cpu"
+    assert event["culprit"].endswith(" native_sum")
+    assert "dump" in event
+    assert "native_sum" in event["dump"]
+
+
+async def test_a_stall_outside_any_worker_names_the_running_task(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """Library mode: the task that held the loop, by name and coroutine."""
+    watcher = await watched(registry)
+
+    async def handler() -> None:
+        spin(0.2)
+
+    await asyncio.create_task(handler(), name="request-42")
+    await settle(watcher)
+    [event] = stall_events(stalls)
+    assert event["worker"] is None
+    assert event["task"].startswith("request-42 (")
+    assert "handler" in event["task"]
