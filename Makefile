@@ -33,8 +33,8 @@ deps-system:
 	fi
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check loopwatch daemon tests benchmarks deploy
-	$(BIN)/ruff format --check loopwatch daemon tests benchmarks deploy
+	$(BIN)/ruff check loopwatch daemon tests benchmarks deploy examples
+	$(BIN)/ruff format --check loopwatch daemon tests benchmarks deploy examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

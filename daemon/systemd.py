@@ -39,20 +39,25 @@ class Notifier:
         except OSError as exc:
             log.warning("sd_notify_failed", error=repr(exc))
 
-    def ready(self, status: str = "") -> None:  # noqa: D102
+    def ready(self, status: str = "") -> None:
+        """Tell systemd the daemon is ready (READY=1), with a status line."""
         self.notify("READY=1", *([f"STATUS={status}"] if status else []))
 
-    def reloading(self) -> None:  # noqa: D102
+    def reloading(self) -> None:
+        """Tell systemd a reload started (RELOADING=1 with MONOTONIC_USEC)."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
-    def stopping(self) -> None:  # noqa: D102
+    def stopping(self) -> None:
+        """Tell systemd the daemon is stopping (STOPPING=1)."""
         self.notify("STOPPING=1")
 
-    def status(self, text: str) -> None:  # noqa: D102
+    def status(self, text: str) -> None:
+        """Set the status line systemd shows (STATUS=)."""
         self.notify(f"STATUS={text}")
 
-    def watchdog(self) -> None:  # noqa: D102
+    def watchdog(self) -> None:
+        """Ping systemd's watchdog (WATCHDOG=1)."""
         self.notify("WATCHDOG=1")
 
     def close(self) -> None:

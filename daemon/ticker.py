@@ -15,7 +15,8 @@ log = structlog.get_logger("loopwatch.ticker")
 class GaugeLike(Protocol):
     """What the ticker needs of a gauge."""
 
-    def set(self, value: float) -> None: ...  # noqa: D102
+    def set(self, value: float) -> None:
+        """Set the gauge to ``value``."""
 
 
 class Ticker:

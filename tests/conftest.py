@@ -1,11 +1,8 @@
-"""Shared fixtures: registries, config files, free ports, real daemon subprocesses."""
+"""Fixtures only: registries, config files, free ports, real daemon subprocesses."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.metrics import Metrics
 from tests.daemon_process import DaemonProcess
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
+from tests.helpers import StartDaemon, WriteConfig, free_port
 
 
 @pytest.fixture
@@ -29,20 +25,10 @@ def metrics(registry: CollectorRegistry) -> Metrics:
     return Metrics(registry)
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def port() -> int:
     """A free port for the endpoint."""
     return free_port()
-
-
-WriteConfig = Callable[..., Path]
 
 
 @pytest.fixture
@@ -58,9 +44,6 @@ def write_config(tmp_path: Path, port: int) -> WriteConfig:
     return write
 
 
-StartDaemon = Callable[..., DaemonProcess]
-
-
 @pytest.fixture
 def start_daemon(port: int) -> Iterator[StartDaemon]:
     """Start real ``loopwatch run`` subprocesses; every one is killed at teardown."""
@@ -74,13 +57,3 @@ def start_daemon(port: int) -> Iterator[StartDaemon]:
     yield start
     for daemon in started:
         daemon.kill()
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; skips without it, but fails under CI=true (CI must have it)."""
-    path = shutil.which(name)
-    if path is None:
-        if IN_CI:
-            pytest.fail(f"{name} is required under CI=true (make test installs it)")
-        pytest.skip(f"{name} is not installed")
-    return path

@@ -113,9 +113,12 @@ def unpicklable() -> object:
 _leaked: list[bytes] = []
 
 
-def leak(mb: int = 5) -> int:
-    """Keep ``mb`` more MB alive in this process on every call; return the pid."""
+def leak(mb: int = 5, marker: str = "") -> int:
+    """Keep ``mb`` more MB alive in this process on every call; return (and note) the pid."""
     _leaked.append(b"x" * (mb * 1024 * 1024))
+    if marker:
+        with Path(marker).open("a") as f:
+            f.write(f"{os.getpid()}\n")
     return os.getpid()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from daemon.config import DaemonConfig, default_toml, format_loc, load_config
 from daemon.errors import ConfigError
+from tests.helpers import worker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,25 +118,6 @@ def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: st
     assert expected in errors_of(tmp_path, text)
 
 
-def worker(**fields: object) -> str:
-    base: dict[str, object] = {
-        "name": "w",
-        "target": "daemon.workloads:countdown",
-        "strategy": "process",
-    }
-    base.update(fields)
-    body = "\n".join(f"{k} = {_toml(v)}" for k, v in base.items() if v is not None)
-    return f"[[workers]]\n{body}\n"
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
@@ -205,16 +188,16 @@ def _toml(value: object) -> str:
     ],
 )
 def test_worker_rules_name_the_key_path(
-    tmp_path: Path, fields: dict[str, object], expected: str
+    tmp_path: Path, fields: dict[str, Any], expected: str
 ) -> None:
     """Each worker rule reports ``workers[i].key`` and what is wrong."""
-    found = errors_of(tmp_path, worker(**fields))
+    found = errors_of(tmp_path, worker_toml(**fields))
     assert any(expected in line for line in found), found
 
 
 def test_duplicate_worker_names_point_at_both(tmp_path: Path) -> None:
     """A duplicate name names the second entry and the first."""
-    text = worker(name="a") + worker(name="b") + worker(name="a")
+    text = worker_toml(name="a") + worker_toml(name="b") + worker_toml(name="a")
     assert errors_of(tmp_path, text) == [
         'workers[2].name: duplicate worker name "a" (also workers[0].name)'
     ]
@@ -222,7 +205,7 @@ def test_duplicate_worker_names_point_at_both(tmp_path: Path) -> None:
 
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
     """Several mistakes: all of them, not the first only."""
-    text = "[probe]\nresolution = -1\n[ticker]\ninterval = 'x'\n" + worker(strategy="nope")
+    text = "[probe]\nresolution = -1\n[ticker]\ninterval = 'x'\n" + worker_toml(strategy="nope")
     assert len(errors_of(tmp_path, text)) == 3
 
 
@@ -243,7 +226,7 @@ def test_missing_file_names_the_path(tmp_path: Path) -> None:
 def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
     """``LOOPWATCH_METRICS__PORT=9400`` and ``LOOPWATCH_WORKERS__0__STRATEGY=thread``."""
     path = tmp_path / "c.toml"
-    path.write_text(worker())
+    path.write_text(worker_toml())
     env = {
         "LOOPWATCH_METRICS__PORT": "9400",
         "LOOPWATCH_METRICS__HOST": "::1",
@@ -324,9 +307,14 @@ def test_fuzzed_documents_are_valid_or_a_config_error(
         return
     path.write_text(text)
     try:
-        load_config(path, {})
+        cfg = load_config(path, {})
     except ConfigError as exc:
-        assert exc.details or exc.message
+        assert exc.message == f"config {str(path)!r} is invalid"
+        assert exc.details
+        assert all(": " in line for line in exc.details), exc.details
+    else:
+        assert set(doc) <= set(DaemonConfig.model_fields)  # nothing unknown got through
+        assert cfg == DaemonConfig.model_validate(tomllib.loads(text))
 
 
 @settings(
@@ -338,6 +326,8 @@ def test_fuzzed_bytes_are_valid_or_a_config_error(tmp_path: Path, data: bytes) -
     path = tmp_path / "fuzz.toml"
     path.write_bytes(data)
     try:
-        load_config(path, {})
-    except ConfigError:
-        pass
+        cfg = load_config(path, {})
+    except ConfigError as exc:
+        assert str(path) in exc.message
+    else:
+        assert cfg == DaemonConfig.model_validate(tomllib.loads(data.decode()))

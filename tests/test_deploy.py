@@ -7,8 +7,8 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import require_tool
 from tests.daemon_process import ROOT
+from tests.helpers import require_tool
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd/loopwatch.service"

@@ -19,7 +19,7 @@ from daemon.config import DaemonConfig, MetricsConfig
 from daemon.endpoint import MetricsEndpoint
 from daemon.errors import ConfigError, EndpointError
 from daemon.metrics import Metrics
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 @pytest.fixture

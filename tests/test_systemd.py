@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from daemon.systemd import Notifier
 
@@ -69,8 +70,11 @@ def test_no_socket_no_messages_no_error() -> None:
 def test_a_vanished_socket_is_logged_not_raised(tmp_path: Path) -> None:
     """systemd gone: the send fails quietly."""
     notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
-    notifier.ready()
+    with structlog.testing.capture_logs() as logs:
+        notifier.ready()
     notifier.close()
+    assert [e["event"] for e in logs] == ["sd_notify_failed"]
+    assert "FileNotFoundError" in logs[0]["error"] or "ConnectionRefused" in logs[0]["error"]
 
 
 @pytest.mark.parametrize(

@@ -103,8 +103,8 @@ async def test_back_to_back_blocks_are_split_by_culprit(
     await settle(watcher)
     [event] = stall_events(stalls)
     seconds = {c["culprit"].rpartition(" ")[2]: c["seconds"] for c in event["culprits"]}
-    assert seconds["spin"] == pytest.approx(0.3, rel=0.15)
-    assert seconds["spin_longer"] == pytest.approx(0.6, rel=0.1)
+    assert seconds["spin"] == pytest.approx(0.3, rel=0.25)
+    assert seconds["spin_longer"] == pytest.approx(0.6, rel=0.15)
     assert event["culprit"].endswith(" spin_longer")
     assert event["duration"] == pytest.approx(0.9, abs=0.06)
 

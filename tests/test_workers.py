@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -15,10 +14,7 @@ from daemon.workers import WorkerSupervisor, backoff_s, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name, labels) or 0.0
+from tests.helpers import registry_value, wait_until
 
 
 def test_backoff_grows_while_failing_and_resets() -> None:
@@ -29,12 +25,6 @@ def test_backoff_grows_while_failing_and_resets() -> None:
     assert backoff_s(0.0, 30) == 5.0
     assert backoff_s(10.0, 2) == 10.0
     assert backoff_s(0.0, 3, jitter=0.5) == 0.1
-
-
-async def wait_for(cond: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
 
 
 async def test_supervisor_runs_counts_and_applies_changes(
@@ -52,15 +42,17 @@ async def test_supervisor_runs_counts_and_applies_changes(
     )
     bad = WorkerConfig(name="bad", target="tests.targets:fail", strategy="blocking")
     await supervisor.start((ok, bad), strategies)
-    await wait_for(
+    await wait_until(
         lambda: (
-            sample(registry, "loopwatch_tasks_total", worker="ok", strategy="thread", outcome="ok")
+            registry_value(
+                registry, "loopwatch_tasks_total", worker="ok", strategy="thread", outcome="ok"
+            )
             >= 3
         )
     )
-    await wait_for(
+    await wait_until(
         lambda: (
-            sample(
+            registry_value(
                 registry,
                 "loopwatch_tasks_total",
                 worker="bad",
@@ -73,7 +65,7 @@ async def test_supervisor_runs_counts_and_applies_changes(
     assert logs[0] == {"worker": "bad", "strategy": "blocking", "error": "RuntimeError: boom"}
     assert len(logs) == 1  # repeats are held back for the summary
     assert (
-        sample(
+        registry_value(
             registry,
             "loopwatch_worker_info",
             worker="ok",
@@ -87,7 +79,7 @@ async def test_supervisor_runs_counts_and_applies_changes(
     changes = await supervisor.apply((coop,), strategies)
     assert (changes.added, changes.removed, changes.replaced) == ([], ["bad"], ["ok"])
     assert (
-        sample(
+        registry_value(
             registry,
             "loopwatch_worker_info",
             worker="ok",
@@ -104,9 +96,9 @@ async def test_supervisor_runs_counts_and_applies_changes(
         is None
     )
     assert registry.get_sample_value("loopwatch_tasks_in_flight", {"worker": "bad"}) is None
-    await wait_for(
+    await wait_until(
         lambda: (
-            sample(
+            registry_value(
                 registry, "loopwatch_tasks_total", worker="ok", strategy="blocking", outcome="ok"
             )
             >= 2
@@ -129,10 +121,12 @@ async def test_stop_cancels_calls_past_the_deadline(
         strategy="cooperative",
     )
     await supervisor.start((slow,), strategies)
-    await wait_for(lambda: sample(registry, "loopwatch_tasks_in_flight", worker="slow") == 1)
+    await wait_until(
+        lambda: registry_value(registry, "loopwatch_tasks_in_flight", worker="slow") == 1
+    )
     await supervisor.stop(0.1)
     assert (
-        sample(
+        registry_value(
             registry,
             "loopwatch_tasks_total",
             worker="slow",
@@ -141,7 +135,7 @@ async def test_stop_cancels_calls_past_the_deadline(
         )
         == 1
     )
-    assert sample(registry, "loopwatch_tasks_in_flight", worker="slow") == 0
+    assert registry_value(registry, "loopwatch_tasks_in_flight", worker="slow") == 0
     await strategies.aclose(1.0)
 
 

@@ -11,16 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig, free_port
 from tests.daemon_process import ROOT, histogram_quantile
+from tests.helpers import StartDaemon, WriteConfig, free_port, tasks_done, wait_tasks, worker_toml
 
 pytestmark = pytest.mark.integration
 LAG = "loopwatch_event_loop_lag_seconds"
-
-
-def dask_worker(name: str, target: str, kwargs: str = "", **extra: object) -> str:
-    body = f'[[workers]]\nname = "{name}"\ntarget = "{target}"\nstrategy = "dask"\nkwargs = {{ {kwargs} }}\n'
-    return body + "".join(f"{k} = {v}\n" for k, v in extra.items())
 
 
 def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeouts(
@@ -29,26 +24,15 @@ def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeo
     """CPU calls complete on an embedded LocalCluster; lag p99 < 25 ms; errors and timeouts counted."""
     config = write_config(
         "[executors.dask]\nn_workers = 2\n"
-        + dask_worker("cpu", "daemon.workloads:countdown", "n = 1_000_000", concurrency=2)
-        + dask_worker("bad", "tests.targets:fail", 'message = "dask boom"')
-        + dask_worker("slow", "tests.targets:hang", "seconds = 3", timeout=0.3)
+        + worker_toml("cpu", "daemon.workloads:countdown", "dask", "n = 1_000_000", concurrency=2)
+        + worker_toml("bad", "tests.targets:fail", "dask", 'message = "dask boom"')
+        + worker_toml("slow", "tests.targets:hang", "dask", "seconds = 3", timeout=0.3)
     )
     daemon = start_daemon(config)
     daemon.wait_ready(timeout=60)
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= 20,
-        worker="cpu",
-        strategy="dask",
-        outcome="ok",
-        timeout=60,
-    )
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 2, worker="bad", strategy="dask", outcome="error"
-    )
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 1, worker="slow", strategy="dask", outcome="timeout"
-    )
+    wait_tasks(daemon, "cpu", "dask", at_least=20, timeout=60)
+    wait_tasks(daemon, "bad", "dask", outcome="error", at_least=2)
+    wait_tasks(daemon, "slow", "dask", outcome="timeout")
     failed = daemon.wait_event("task_failed", lambda e: e["worker"] == "bad")
     assert failed["error"] == "RuntimeError: dask boom"
     assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.025
@@ -109,47 +93,29 @@ def test_scheduler_by_address_killed_and_restarted_mid_run(
     dask_processes.start_worker()
     config = write_config(
         f'[executors.dask]\naddress = "{dask_processes.address}"\n'
-        + dask_worker(
-            "remote", "daemon.workloads:countdown", "n = 100_000", interval=0.05, timeout=5.0
+        + worker_toml(
+            "remote",
+            "daemon.workloads:countdown",
+            "dask",
+            "n = 100_000",
+            interval=0.05,
+            timeout=5.0,
         )
     )
     daemon = start_daemon(config)
     daemon.wait_ready(timeout=60)
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= 5,
-        worker="remote",
-        strategy="dask",
-        outcome="ok",
-        timeout=60,
-    )
+    wait_tasks(daemon, "remote", "dask", at_least=5, timeout=60)
     dask_processes.kill()
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= 1,
-        worker="remote",
-        strategy="dask",
-        outcome="error",
-        timeout=30,
-    )
+    wait_tasks(daemon, "remote", "dask", outcome="error", timeout=30)
     failed = daemon.wait_event(
         "task_failed", lambda e: e["worker"] == "remote" and "unavailable" in e["error"], timeout=30
     )
     assert dask_processes.address in failed["error"]
-    ok_before = (
-        daemon.value("loopwatch_tasks_total", worker="remote", strategy="dask", outcome="ok") or 0
-    )
+    ok_before = tasks_done(daemon, "remote", "dask", "ok")
     assert (
         daemon.value("loopwatch_event_loop_stalls_total") == 0
     )  # the loop never blocks on the cluster
     dask_processes.start_scheduler()
     dask_processes.start_worker()
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= ok_before + 5,
-        worker="remote",
-        strategy="dask",
-        outcome="ok",
-        timeout=90,
-    )
+    wait_tasks(daemon, "remote", "dask", at_least=ok_before + 5, timeout=90)
     assert daemon.stop(30) == 0

@@ -10,17 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import StartDaemon, WriteConfig
 from tests.daemon_process import ROOT
+from tests.helpers import StartDaemon, WriteConfig, tasks_done, wait_tasks, worker_toml
 
 pytestmark = pytest.mark.integration
 
 
-def process_worker(name: str, target: str, extra: str = "") -> str:
-    return f'[[workers]]\nname = "{name}"\ntarget = "tests.targets:{target}"\nstrategy = "process"\n{extra}\n'
-
-
-OK_WORKER = '[[workers]]\nname = "ok"\ntarget = "daemon.workloads:countdown"\nkwargs = { n = 10_000 }\nstrategy = "process"\ninterval = 0.05\n'
+OK_WORKER = worker_toml("ok", "daemon.workloads:countdown", "process", {"n": 10_000}, interval=0.05)
 
 
 def test_crashing_targets_in_pool_children(
@@ -33,33 +29,19 @@ def test_crashing_targets_in_pool_children(
     """
     config = write_config(
         "[executors.process]\nmax_workers = 2\n"
-        + process_worker("segv", "segfault")
-        + process_worker("exit", "exit_hard")
+        + worker_toml("segv", "tests.targets:segfault")
+        + worker_toml("exit", "tests.targets:exit_hard")
         + OK_WORKER
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
     for name in ("segv", "exit"):
-        daemon.wait_value(
-            "loopwatch_tasks_total",
-            lambda v: v >= 2,
-            worker=name,
-            strategy="process",
-            outcome="error",
-            timeout=30,
-        )
+        wait_tasks(daemon, name, "process", outcome="error", at_least=2, timeout=30)
     crash = daemon.wait_event("task_failed", lambda e: e["worker"] in ("segv", "exit"))
     assert "BrokenProcessPool" in crash["error"]
     daemon.wait_event("process_pool_replaced")
-    ok = daemon.value("loopwatch_tasks_total", worker="ok", strategy="process", outcome="ok") or 0
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= ok + 3,
-        worker="ok",
-        strategy="process",
-        outcome="ok",
-        timeout=30,
-    )
+    ok = tasks_done(daemon, "ok", "process", "ok")
+    wait_tasks(daemon, "ok", "process", at_least=ok + 3, timeout=30)
     assert daemon.stop() == 0
 
 
@@ -67,24 +49,14 @@ def test_unpicklable_result_is_an_error_of_that_worker_only(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
     """A result the pool cannot send back fails that call; the pool and other workers are fine."""
-    config = write_config(process_worker("pickle", "unpicklable") + OK_WORKER)
+    config = write_config(worker_toml("pickle", "tests.targets:unpicklable") + OK_WORKER)
     daemon = start_daemon(config)
     daemon.wait_ready()
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= 2,
-        worker="pickle",
-        strategy="process",
-        outcome="error",
-    )
+    wait_tasks(daemon, "pickle", "process", outcome="error", at_least=2)
     failure = daemon.wait_event("task_failed", lambda e: e["worker"] == "pickle")
     assert "pickle" in failure["error"].lower()
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 5, worker="ok", strategy="process", outcome="ok"
-    )
-    assert (
-        daemon.value("loopwatch_tasks_total", worker="ok", strategy="process", outcome="error") == 0
-    )
+    wait_tasks(daemon, "ok", "process", at_least=5)
+    assert tasks_done(daemon, "ok", "process", "error") == 0
     assert daemon.named("process_pool_replaced") == []
     assert daemon.stop() == 0
 
@@ -98,9 +70,7 @@ def test_a_failing_worker_is_logged_once_per_window_with_its_count(
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
-    failures = daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 5, worker="bad", strategy="thread", outcome="error"
-    )
+    failures = wait_tasks(daemon, "bad", "thread", outcome="error", at_least=5)
     assert len(daemon.named("task_failed")) == 1
     assert daemon.stop() == 0
     lines = daemon.named("task_failed")
@@ -109,28 +79,24 @@ def test_a_failing_worker_is_logged_once_per_window_with_its_count(
 
 
 def test_leaking_children_are_recycled_with_max_tasks_per_child(
-    write_config: WriteConfig, start_daemon: StartDaemon
+    write_config: WriteConfig, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
     """``max_tasks_per_child`` replaces children, so a leaking target cannot grow forever."""
+    pids = tmp_path / "pids"
     config = write_config(
         "[executors.process]\nmax_workers = 1\nmax_tasks_per_child = 3\n"
-        + process_worker("leaky", "leak", "kwargs = { mb = 20 }")
+        + worker_toml("leaky", "tests.targets:leak", kwargs={"mb": 20, "marker": str(pids)})
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= 10,
-        worker="leaky",
-        strategy="process",
-        outcome="ok",
-        timeout=30,
-    )
-    assert (
-        daemon.value("loopwatch_tasks_total", worker="leaky", strategy="process", outcome="error")
-        == 0
-    )
+    wait_tasks(daemon, "leaky", "process", at_least=10, timeout=30)
+    assert tasks_done(daemon, "leaky", "process", "error") == 0
     assert daemon.stop() == 0
+    calls = pids.read_text().split()
+    assert len(calls) >= 10
+    # Each child served at most 3 calls before it was replaced by a new one.
+    assert len(set(calls)) >= len(calls) // 3
+    assert max(calls.count(pid) for pid in set(calls)) <= 3
 
 
 toml_values = st.one_of(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig
 from tests.daemon_process import ROOT, session_members
+from tests.helpers import StartDaemon, WriteConfig, wait_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +43,10 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
     assert startup["metrics"] == f"http://127.0.0.1:{daemon.port}/metrics"
     tick = daemon.wait_event("tick")
     assert isinstance(tick["drift"], float)
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 2, worker="io", strategy="thread", outcome="ok"
-    )
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok"
-    )
+    wait_tasks(daemon, "io", "thread", at_least=2)
+    wait_tasks(daemon, "cpu", "process")
     text = daemon.scrape_text()
+    samples = {name for name, _ in daemon.scrape()}  # samples, not HELP or TYPE lines
     for name in (
         "loopwatch_event_loop_lag_seconds_bucket",
         "loopwatch_event_loop_stall_seconds",
@@ -63,7 +60,7 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
         "process_resident_memory_bytes",
         "python_info",
     ):
-        assert name in text, name
+        assert name in samples, name
     assert "_created" not in text
     for edge in (
         "0.001",
@@ -172,9 +169,7 @@ def test_6_sigkill_leaves_nothing_that_blocks_a_restart(
     config = write_config(WORKERS)
     first = start_daemon(config)
     first.wait_ready()
-    first.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 1, worker="io", strategy="thread", outcome="ok"
-    )
+    wait_tasks(first, "io", "thread")
     os.kill(first.pid, signal.SIGKILL)
     first.wait_exit(10)
     second = start_daemon(config)
@@ -194,8 +189,6 @@ def test_7_uvloop_is_selected_by_config(
     assert daemon.wait_ready()["loop"] == "uvloop"
     daemon.wait_value("loopwatch_event_loop_lag_seconds_count", lambda v: v >= 20)
     assert 'loop="uvloop"' in daemon.scrape_text()
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 1, worker="cpu", strategy="process", outcome="ok"
-    )
+    wait_tasks(daemon, "cpu", "process")
     assert daemon.stop() == 0
     assert session_members(daemon.pid) == []

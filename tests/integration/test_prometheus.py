@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig, free_port, require_tool
 from tests.daemon_process import ROOT, DaemonProcess
+from tests.helpers import StartDaemon, WriteConfig, free_port, require_tool
 
 pytestmark = pytest.mark.integration
 RULES = ROOT / "deploy/prometheus/rules/loopwatch.rules.yml"

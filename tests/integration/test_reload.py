@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig
+from tests.helpers import StartDaemon, WriteConfig, tasks_done, wait_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -45,9 +45,7 @@ def test_switching_blocking_to_thread_removes_stalls_without_restart(
     reloaded = daemon.wait_event("config_reloaded")
     assert reloaded["replaced"] == ["w"]
     stalls_after_switch = daemon.value("loopwatch_event_loop_stalls_total")
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 5, worker="w", strategy="thread", outcome="ok"
-    )
+    wait_tasks(daemon, "w", "thread", at_least=5)
     assert daemon.value("loopwatch_event_loop_stalls_total") == stalls_after_switch
     text = daemon.scrape_text()
     assert (
@@ -65,18 +63,14 @@ def test_adding_and_removing_workers(write_config: WriteConfig, start_daemon: St
     config = write_config(one_worker("thread", name="old", kwargs="seconds = 0.05"))
     daemon = start_daemon(config)
     daemon.wait_ready()
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 1, worker="old", strategy="thread", outcome="ok"
-    )
+    wait_tasks(daemon, "old", "thread")
     write_config(
         one_worker("process", name="new", target="daemon.workloads:countdown", kwargs="n = 100_000")
     )
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_event("config_reloaded")
     assert (reloaded["added"], reloaded["removed"], reloaded["replaced"]) == (["new"], ["old"], [])
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 2, worker="new", strategy="process", outcome="ok"
-    )
+    wait_tasks(daemon, "new", "process", at_least=2)
     text = daemon.scrape_text()
     assert (
         'loopwatch_worker_info{strategy="thread",target="tests.targets:block",worker="old"}'
@@ -109,14 +103,8 @@ def test_an_invalid_file_changes_nothing(
     failed = daemon.wait_event("config_reload_failed")
     assert any(expected in line for line in [failed["error"], *failed["errors"]]), failed
     assert daemon.value("loopwatch_config_reloads_total", outcome="failure") == 1
-    before = daemon.value("loopwatch_tasks_total", worker="w", strategy="thread", outcome="ok") or 0
-    daemon.wait_value(
-        "loopwatch_tasks_total",
-        lambda v: v >= before + 3,
-        worker="w",
-        strategy="thread",
-        outcome="ok",
-    )
+    before = tasks_done(daemon, "w", "thread", "ok")
+    wait_tasks(daemon, "w", "thread", at_least=before + 3)
     assert daemon.named("config_reloaded") == []
     assert daemon.stop() == 0
 
@@ -139,9 +127,7 @@ def test_reload_while_long_calls_are_in_flight_loses_none(
     )
     daemon.signal(signal.SIGHUP)
     assert daemon.wait_event("config_reloaded")["replaced"] == ["w"]
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 2, worker="w", strategy="process", outcome="ok"
-    )
+    wait_tasks(daemon, "w", "process", at_least=2)
     assert daemon.stop() == 0
     starts = {p.stem for p in calls.glob("*.start")}
     dones = {p.stem for p in calls.glob("*.done")}
@@ -168,9 +154,7 @@ def test_sighup_burst_is_coalesced_and_restart_only_keys_are_reported(
     time.sleep(0.5)  # let any coalesced second reload land
     assert 1 <= (daemon.value("loopwatch_config_reloads_total", outcome="success") or 0) <= 2
     ticks_before = len(daemon.named("tick"))
-    daemon.wait_value(
-        "loopwatch_tasks_total", lambda v: v >= 10, worker="w", strategy="thread", outcome="ok"
-    )
+    wait_tasks(daemon, "w", "thread", at_least=10)
     time.sleep(1.2)  # a tick's interval: the new level (warning) hides info ticks
     assert len(daemon.named("tick")) == ticks_before
     assert daemon.stop() == 0

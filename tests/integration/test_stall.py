@@ -8,20 +8,15 @@ import time
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig
+from tests.helpers import StartDaemon, WriteConfig, worker_toml
 
 pytestmark = pytest.mark.integration
 
 
 def blocking_worker(seconds: float, interval: float = 0.5, target: str = "block") -> str:
-    return f"""
-[[workers]]
-name = "stuck"
-target = "tests.targets:{target}"
-kwargs = {{ seconds = {seconds} }}
-strategy = "blocking"
-interval = {interval}
-"""
+    return worker_toml(
+        "stuck", f"tests.targets:{target}", "blocking", {"seconds": seconds}, interval=interval
+    )
 
 
 def test_stall_event_names_module_function_and_worker(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import StartDaemon, WriteConfig
+from tests.helpers import StartDaemon, WriteConfig
 
 pytestmark = pytest.mark.integration
 

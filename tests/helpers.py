@@ -1,0 +1,113 @@
+"""Helpers tests import: config builders, waiting on a daemon's counters, ports, tools."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from tests.daemon_process import DaemonProcess
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+WriteConfig = Callable[..., Path]
+StartDaemon = Callable[..., DaemonProcess]
+
+
+def worker_toml(
+    name: str | None = "w",
+    target: str | None = "daemon.workloads:countdown",
+    strategy: str | None = "process",
+    kwargs: str | dict[str, object] | None = None,
+    **keys: object,
+) -> str:
+    """One ``[[workers]]`` table; a key given as None is left out.
+
+    ``kwargs`` may be TOML inline-table text without braces (``"seconds = 0.1"``) or a dict.
+    """
+    fields: dict[str, object] = {"name": name, "target": target, "strategy": strategy}
+    if isinstance(kwargs, str):
+        fields["kwargs"] = _Raw(f"{{ {kwargs} }}")
+    elif kwargs is not None:
+        fields["kwargs"] = kwargs
+    fields.update(keys)
+    body = "\n".join(f"{k} = {toml_value(v)}" for k, v in fields.items() if v is not None)
+    return f"[[workers]]\n{body}\n"
+
+
+class _Raw(str):
+    """TOML text to write as it is."""
+
+    __slots__ = ()
+
+
+def toml_value(value: object) -> str:
+    """A Python value as TOML (strings, numbers, booleans, inline tables)."""
+    if isinstance(value, _Raw):
+        return str(value)
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def tasks_done(daemon: DaemonProcess, worker: str, strategy: str, outcome: str = "ok") -> float:
+    """``loopwatch_tasks_total`` of one worker, strategy and outcome now (0 when absent)."""
+    value = daemon.value("loopwatch_tasks_total", worker=worker, strategy=strategy, outcome=outcome)
+    return value or 0.0
+
+
+def wait_tasks(
+    daemon: DaemonProcess,
+    worker: str,
+    strategy: str,
+    outcome: str = "ok",
+    *,
+    at_least: float = 1,
+    timeout: float = 20.0,
+) -> float:
+    """Scrape until ``worker`` has finished ``at_least`` calls with ``outcome``; the count."""
+    return daemon.wait_value(
+        "loopwatch_tasks_total",
+        lambda v: v >= at_least,
+        timeout=timeout,
+        worker=worker,
+        strategy=strategy,
+        outcome=outcome,
+    )
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; skips without it, but fails under CI=true (CI must have it)."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required under CI=true (make test installs it)")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def registry_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """One sample of an in-process registry (0 when absent)."""
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Let the loop run until ``cond()`` holds; TimeoutError after ``timeout``."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
