@@ -94,7 +94,12 @@ def test_committed_dashboard_is_what_the_generator_makes() -> None:
     board = json.loads(committed)
     assert board["uid"] == "loopwatch-loop-lag"
     assert board["schemaVersion"] == 41
-    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "instance"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "job", "instance"]
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert not any('job="loopwatch"' in e for e in exprs)  # the job is a variable
+    assert not any("histogram_quantile(1.0" in e for e in exprs)  # a bucket bound, not a max
+    titles = [p["title"] for p in board["panels"]]
+    assert "What blocks the loop (by worker and cause)" in titles
     types = {p["type"] for p in board["panels"]}
     assert {"heatmap", "timeseries", "stat", "table"} <= types
     refs = [t["refId"] for p in board["panels"] for t in p.get("targets", [])]

@@ -20,7 +20,7 @@ from grafana_foundation_sdk.models.dashboard import (
 
 UID = "loopwatch-loop-lag"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
-SEL = 'job="loopwatch", instance=~"$instance"'
+SEL = 'job=~"$job", instance=~"$instance"'
 LAG = "loopwatch_event_loop_lag_seconds"
 
 
@@ -86,10 +86,21 @@ def build() -> dashboard.Dashboard:
             dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus")
         )
         .with_variable(
+            dashboard.QueryVariable("job")
+            .label("job")
+            .datasource(DS)
+            .query("label_values(loopwatch_build_info, job)")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .current(VariableOption(selected=True, text="All", value="$__all"))
+        )
+        .with_variable(
             dashboard.QueryVariable("instance")
             .label("instance")
             .datasource(DS)
-            .query('label_values(loopwatch_build_info{job="loopwatch"}, instance)')
+            .query('label_values(loopwatch_build_info{job=~"$job"}, instance)')
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .sort(VariableSort.ALPHABETICAL_ASC)
             .multi(True)
@@ -113,12 +124,11 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             series(
-                "Loop lag p50 / p99 / max",
+                "Loop lag p50 / p99",
                 "s",
                 query(lag_quantile(0.5), "p50", "A"),
                 query(lag_quantile(0.99), "p99", "B"),
-                query(lag_quantile(1.0), "max (bucket bound)", "C"),
-                description="Quantiles from the lag histogram; 'max' is the upper bound of the highest bucket hit.",
+                description="Quantiles from the lag histogram. No 'max': a histogram only knows the bucket bound, not the longest sample; the stall log and the stall gauge give exact lengths.",
             )
         )
         .with_panel(
@@ -157,6 +167,21 @@ def build() -> dashboard.Dashboard:
             )
             .span(6)
             .height(6)
+        )
+        .with_panel(
+            series(
+                "What blocks the loop (by worker and cause)",
+                "percentunit",
+                query(
+                    "sum by (worker, cause) (rate(loopwatch_event_loop_blocked_seconds_total{"
+                    + SEL
+                    + "}[$__rate_interval]))",
+                    "{{worker}} {{cause}}",
+                ),
+                description="Stall seconds per second, split by the worker the watchdog blamed (empty: outside any worker) and the cause: cpu, wait, gil, gc, starved, unknown. The runbook says what to do about each.",
+            )
+            .span(12)
+            .height(7)
         )
         .with_panel(
             series(

@@ -123,7 +123,7 @@ def grafana_substitute(expr: str) -> str:
     label_values = re.fullmatch(r"label_values\((.*), (\w+)\)", expr)
     if label_values:  # a variable query: Grafana asks for the series
         return label_values.group(1)
-    return expr.replace("$instance", ".*").replace("$__rate_interval", "1m")
+    return expr.replace("$instance", ".*").replace("$job", ".*").replace("$__rate_interval", "1m")
 
 
 def test_alerts_and_dashboard_evaluate_on_live_data(
