@@ -6,6 +6,7 @@ import importlib.resources
 import importlib.util
 import inspect
 import os
+import pickle
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
 PLAIN_CALL_STRATEGIES: frozenset[StrategyName] = frozenset(
     {"blocking", "thread", "process", "executor", "dask"}
 )
+# Strategies that send the target and its kwargs to another process.
+PICKLED_STRATEGIES: frozenset[StrategyName] = frozenset({"process", "dask"})
 
 # Upper bounds keep values within what timers and threads accept (a threshold of 1e10
 # overflowed the watchdog's wait); a day is more than any of these needs.
@@ -209,14 +212,15 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     """
     environ = os.environ if environ is None else environ
     raw = _parse_toml(path)
-    _apply_env_overrides(raw, environ)
+    overrides = _apply_env_overrides(raw, environ)
     try:
         cfg = DaemonConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_source(path) + " is invalid", _format_errors(exc)) from None
+        lines = _format_errors(exc)
+        raise ConfigError(_invalid(path, lines, overrides), _name_env(lines, overrides)) from None
     problems = cross_check(cfg)
     if problems:
-        raise ConfigError(_source(path) + " is invalid", problems)
+        raise ConfigError(_invalid(path, problems, overrides), _name_env(problems, overrides))
     return cfg
 
 
@@ -240,8 +244,12 @@ def _parse_toml(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config {str(path)!r} is not valid TOML: {exc}") from None
 
 
-def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Apply ``LOOPWATCH_SECTION__KEY=value``; values are read as TOML values, else strings."""
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Apply ``LOOPWATCH_SECTION__KEY=value``; values are read as TOML values, else strings.
+
+    Returns the key path each variable set (``workers[0].strategy``) -> its name.
+    """
+    overrides = {}
     for name, value in sorted(environ.items()):
         if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_PATH:
             continue
@@ -249,6 +257,33 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
         if not all(keys):
             raise ConfigError(f"environment variable {name} has an empty key segment")
         _set_nested(raw, keys, _parse_env_value(value), name)
+        loc = tuple(int(k) if k.isdigit() else k for k in keys)
+        overrides[format_loc(loc)] = name
+    return overrides
+
+
+def _from_env(line: str, overrides: Mapping[str, str]) -> str | None:
+    """The variable that set the key a problem line names, if one did."""
+    key = line.partition(": ")[0]
+    for path, name in overrides.items():
+        if key == path or key.startswith((path + ".", path + "[")):
+            return name
+    return None
+
+
+def _name_env(lines: list[str], overrides: Mapping[str, str]) -> list[str]:
+    named = []
+    for line in lines:
+        name = _from_env(line, overrides)
+        named.append(f"{line} [set by environment variable {name}]" if name else line)
+    return named
+
+
+def _invalid(path: Path | None, lines: list[str], overrides: Mapping[str, str]) -> str:
+    names = sorted({n for n in (_from_env(line, overrides) for line in lines) if n})
+    if names and all(_from_env(line, overrides) for line in lines):
+        return f"environment variable{'s' if len(names) > 1 else ''} {', '.join(names)} invalid"
+    return _source(path) + " is invalid"
 
 
 def _parse_env_value(value: str) -> Any:
@@ -321,6 +356,8 @@ def cross_check(cfg: DaemonConfig) -> list[str]:
             problems.append(f"{where}.target: {exc.message}")
         else:
             problems.extend(_check_target_kind(where, worker, fn))
+            if worker.strategy in PICKLED_STRATEGIES:
+                problems.extend(_check_picklable(where, worker, fn))
         if worker.executor is not None:
             try:
                 targets.resolve(worker.executor)
@@ -333,6 +370,20 @@ def cross_check(cfg: DaemonConfig) -> list[str]:
     if cfg.daemon.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         problems.append('daemon.loop: "uvloop" is not installed: pip install "loopwatch[uvloop]"')
     return problems
+
+
+def _check_picklable(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
+    """A process or Dask pool pickles the target and its kwargs for every call."""
+    for key, value in (("target", fn), ("kwargs", dict(worker.kwargs))):
+        try:
+            pickle.dumps(value)
+        except Exception as exc:  # pickle raises many types: each one means "cannot"
+            return [
+                f'{where}.{key}: strategy "{worker.strategy}" sends it to another process, '
+                f"and it cannot be pickled ({type(exc).__name__}: {exc}); use a module-level "
+                "function (not a lambda or a closure) and plain kwargs"
+            ]
+    return []
 
 
 def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:

@@ -147,3 +147,7 @@ def wait_in_library(seconds: float = 0.3) -> int:
     import subprocess
 
     return subprocess.run(["sleep", str(seconds)], check=True).returncode
+
+
+# A module-level lambda: importable by name, but pickle refuses it ("<lambda>").
+unpicklable_lambda = lambda n=1: n  # noqa: E731

@@ -244,9 +244,10 @@ def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
 
 def test_env_override_errors_name_the_variable(tmp_path: Path) -> None:
     """A bad override is reported like a bad file value, or names the variable."""
-    assert "metrics.port: Input should be a valid integer (got 'high')" in errors_of(
-        tmp_path, "", {"LOOPWATCH_METRICS__PORT": "high"}
-    )
+    assert errors_of(tmp_path, "", {"LOOPWATCH_METRICS__PORT": "high"}) == [
+        "metrics.port: Input should be a valid integer (got 'high') "
+        "[set by environment variable LOOPWATCH_METRICS__PORT]"
+    ]
     assert errors_of(tmp_path, "", {"LOOPWATCH_WORKERS__3__NAME": "x"}) == [
         "environment variable LOOPWATCH_WORKERS__3__NAME: no list item '3'"
     ]
@@ -331,3 +332,33 @@ def test_fuzzed_bytes_are_valid_or_a_config_error(tmp_path: Path, data: bytes) -
         assert str(path) in exc.message
     else:
         assert cfg == DaemonConfig.model_validate(tomllib.loads(data.decode()))
+
+
+@pytest.mark.parametrize("strategy", ["process", "dask"])
+def test_targets_a_pool_cannot_pickle_are_refused_at_load(tmp_path: Path, strategy: str) -> None:
+    """A module-level lambda on process or dask: refused with the key, not failing each call."""
+    found = errors_of(
+        tmp_path, worker_toml("w", "tests.targets:unpicklable_lambda", strategy, {"n": 2})
+    )
+    assert any(
+        line.startswith("workers[0].target: strategy") and "cannot be pickled" in line
+        for line in found
+    ), found
+    valid = tmp_path / "thread.toml"
+    valid.write_text(worker_toml("w", "tests.targets:unpicklable_lambda", "thread"))
+    assert load_config(valid, {}).workers[0].strategy == "thread"  # threads need no pickling
+
+
+def test_an_invalid_environment_override_names_the_variable(tmp_path: Path) -> None:
+    """Not "embedded default config is invalid": the variable that set the bad value."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"LOOPWATCH_METRICS__PORT": "70000"})
+    assert info.value.message == "environment variable LOOPWATCH_METRICS__PORT invalid"
+    assert info.value.details == [
+        "metrics.port: Input should be less than or equal to 65535 (got 70000) "
+        "[set by environment variable LOOPWATCH_METRICS__PORT]"
+    ]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, {"LOOPWATCH_WORKERS__0__TARGET": "nowhere:fn"})
+    assert info.value.message == "environment variable LOOPWATCH_WORKERS__0__TARGET invalid"
+    assert "[set by environment variable LOOPWATCH_WORKERS__0__TARGET]" in info.value.details[0]

@@ -73,8 +73,14 @@ def test_unit_is_hardened() -> None:
         "ExecReload=/bin/kill -HUP $MAINPID",
         "KillMode=mixed",
         "RestartPreventExitStatus=78",
+        "LimitNOFILE=",
+        "TasksMax=",
+        "MemoryMax=",
     ):
         assert line in text
+    # ProcSubset=pid hides /proc/stat and /proc/meminfo: process metrics go empty and
+    # `import distributed` fails. Hardened without it.
+    assert not re.search(r"^ProcSubset=pid", text, re.MULTILINE)
     stop_match = re.search(r"TimeoutStopSec=(\d+)", text)
     assert stop_match is not None
     stop = int(stop_match.group(1))
