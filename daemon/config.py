@@ -379,9 +379,11 @@ def _check_picklable(where: str, worker: WorkerConfig, fn: targets.Target) -> li
             pickle.dumps(value)
         except Exception as exc:  # pickle raises many types: each one means "cannot"
             return [
-                f'{where}.{key}: strategy "{worker.strategy}" sends it to another process, '
-                f"and it cannot be pickled ({type(exc).__name__}: {exc}); use a module-level "
-                "function (not a lambda or a closure) and plain kwargs"
+                (
+                    f'{where}.{key}: strategy "{worker.strategy}" sends it to another process, '
+                    f"and it cannot be pickled ({type(exc).__name__}: {exc}); use a "
+                    "module-level function (not a lambda or a closure) and plain kwargs"
+                )
             ]
     return []
 

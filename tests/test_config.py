@@ -244,10 +244,11 @@ def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
 
 def test_env_override_errors_name_the_variable(tmp_path: Path) -> None:
     """A bad override is reported like a bad file value, or names the variable."""
-    assert errors_of(tmp_path, "", {"LOOPWATCH_METRICS__PORT": "high"}) == [
+    expected = (
         "metrics.port: Input should be a valid integer (got 'high') "
         "[set by environment variable LOOPWATCH_METRICS__PORT]"
-    ]
+    )
+    assert errors_of(tmp_path, "", {"LOOPWATCH_METRICS__PORT": "high"}) == [expected]
     assert errors_of(tmp_path, "", {"LOOPWATCH_WORKERS__3__NAME": "x"}) == [
         "environment variable LOOPWATCH_WORKERS__3__NAME: no list item '3'"
     ]
