@@ -356,8 +356,10 @@ def test_an_invalid_environment_override_names_the_variable(tmp_path: Path) -> N
         load_config(None, {"LOOPWATCH_METRICS__PORT": "70000"})
     assert info.value.message == "environment variable LOOPWATCH_METRICS__PORT invalid"
     assert info.value.details == [
-        "metrics.port: Input should be less than or equal to 65535 (got 70000) "
-        "[set by environment variable LOOPWATCH_METRICS__PORT]"
+        (
+            "metrics.port: Input should be less than or equal to 65535 (got 70000) "
+            "[set by environment variable LOOPWATCH_METRICS__PORT]"
+        )
     ]
     with pytest.raises(ConfigError) as info:
         load_config(None, {"LOOPWATCH_WORKERS__0__TARGET": "nowhere:fn"})
