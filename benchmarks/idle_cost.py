@@ -1,6 +1,9 @@
 """Idle cost of watching: CPU share of loopwatch with no workers vs bare asyncio processes.
 
-Usage: python benchmarks/idle_cost.py [--seconds 20] [--runs 3]
+Usage: python benchmarks/idle_cost.py [--seconds 20] [--runs 3] [--baseline DIR]
+
+``--baseline DIR`` also runs the daemon of another checkout (e.g. a ``git worktree`` of
+an earlier commit), interleaved with this one, to compare the two on the same machine.
 Writes benchmarks/results/idle_cost.json and prints a markdown table.
 """
 
@@ -48,9 +51,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def measure(cmd: list[str], seconds: float, warmup: float = 3.0) -> float:
+def measure(cmd: list[str], seconds: float, warmup: float = 3.0, cwd: Path = ROOT) -> float:
     """CPU share of one core used by ``cmd`` over ``seconds`` after ``warmup``."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env
+    )
     try:
         time.sleep(warmup)
         cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -66,6 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp, "idle.toml")
@@ -77,10 +84,16 @@ def main() -> None:
                 sys.executable, "-m", "daemon", "run", "-c", str(config),
             ],
         }  # fmt: skip
-        results = {
-            name: [measure(cmd, args.seconds) for _ in range(args.runs)]
-            for name, cmd in variants.items()
-        }
+        daemon_cmd = [sys.executable, "-m", "daemon", "run", "-c", str(config)]
+        cwds = dict.fromkeys(variants, ROOT)
+        if args.baseline is not None:
+            name = f"loopwatch at {args.baseline.name} (baseline), no workers"
+            variants[name] = daemon_cmd
+            cwds[name] = args.baseline.resolve()
+        results: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.runs):  # interleaved: drift on a shared host hits all alike
+            for name, cmd in variants.items():
+                results[name].append(measure(cmd, args.seconds, cwd=cwds[name]))
     rows = [
         {"variant": name, "cpu_share_median": median(v), "runs": v} for name, v in results.items()
     ]

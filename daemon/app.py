@@ -208,8 +208,10 @@ class App:
             await strategies.aclose(self.cfg.shutdown.timeout, keep=self.strategies)
             raise
         changes = await self.supervisor.apply(new.workers, strategies)
+        # Workers on changed strategies were replaced by now: close what nobody uses, such
+        # as the embedded Dask cluster once no worker is on "dask" any more.
+        strategies.retain({strategy_key(worker) for worker in new.workers})
         retired, self.strategies = self.strategies, strategies
-        # Workers on changed strategies were replaced by now: close what nobody uses.
         await retired.aclose(self.cfg.shutdown.timeout, keep=strategies)
         self.watcher.reconfigure(new.probe.resolution, new.probe.stall_threshold)
         self.ticker.interval_s = new.ticker.interval

@@ -65,3 +65,16 @@ def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
     # aiorun and Dask narrate every step at INFO; their warnings are what matter.
     for chatty in ("aiorun", "distributed"):
         logging.getLogger(chatty).setLevel(max(level, logging.WARNING))
+    aiorun_log = logging.getLogger("aiorun")
+    if not any(isinstance(f, _CleanStopIsNoWarning) for f in aiorun_log.filters):
+        aiorun_log.addFilter(_CleanStopIsNoWarning())
+
+
+class _CleanStopIsNoWarning(logging.Filter):
+    """aiorun logs every SIGTERM as a warning ("Stopping the loop"): a clean stop is info."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == "Stopping the loop":
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)
+        return True

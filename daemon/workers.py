@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import traceback
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Any
 
 import structlog
 
@@ -130,32 +133,48 @@ class Worker:
         self._in_flight.inc()
         start = perf_counter()
         outcome = "error"
+        still_running: Awaitable[Any] | None = None
         try:
             await self.strategy.call(self._call, self.cfg.timeout)
             outcome = "ok"
-        except TimeoutError:
+        except TimeoutError as exc:
+            # Counted and logged now, when the timeout passes, even if the call never ends.
             outcome = "timeout"
+            still_running = getattr(exc, "still_running", None)
             self._log_failure("TimeoutError", f"call exceeded timeout of {self.cfg.timeout} s")
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
         except Exception as exc:
-            self._log_failure(type(exc).__name__, str(exc))
+            self._log_failure(type(exc).__name__, str(exc), exc)
         finally:
             self.finished += 1
             self.last_finished_at = end = perf_counter()
-            self._in_flight.dec()
             self._duration.observe(end - start)
             self._outcomes[outcome].inc()
+            if still_running is None:
+                self._in_flight.dec()
+        if still_running is not None:
+            # A thread cannot be killed: the slot stays taken, and in flight, until it ends.
+            try:
+                with contextlib.suppress(Exception):
+                    await still_running
+            finally:
+                self._in_flight.dec()
         return outcome == "ok"
 
-    def _log_failure(self, error_type: str, message: str) -> None:
-        fields = {
+    def _log_failure(self, error_type: str, message: str, exc: Exception | None = None) -> None:
+        fields: dict[str, object] = {
             "worker": self.name,
             "strategy": self.cfg.strategy,
             "error": f"{error_type}: {message}",
         }
-        self._failure_log.offer((self.name, error_type), fields)
+        key = (self.name, error_type)
+        if exc is not None and self._failure_log.is_new(key):
+            # The first of a kind only: repeats are aggregated, and a pool child's
+            # traceback comes along as the exception's cause.
+            fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
+        self._failure_log.offer(key, fields)
 
 
 @dataclass

@@ -62,6 +62,12 @@ class LogThrottle:
         for event in to_emit:
             self._emit(event)
 
+    def is_new(self, key: Hashable) -> bool:
+        """Whether an ``offer`` of ``key`` now would be emitted at once (no open window)."""
+        with self._lock:
+            window = self._windows.get(key)
+            return window is None or self._clock() - window.start >= self._window_s
+
     def flush(self, *, force: bool = False) -> None:
         """Emit the summaries of ended windows (of all windows with ``force``)."""
         with self._lock:

@@ -132,3 +132,25 @@ async def test_a_module_raising_at_import_is_refused_and_later_reloads_work(
         assert set(app.supervisor.workers) == {"w2"}
     finally:
         sys.path.remove(str(tmp_path))
+
+
+async def test_a_pool_no_worker_uses_any_more_is_closed_on_reload(
+    app: App, config: Path, registry: CollectorRegistry
+) -> None:
+    """Removing the last worker of a strategy releases its pool (the Dask cluster too)."""
+    config.write_text(
+        '[metrics]\nport = 0\n[executors.process]\nstart_method = "fork"\n'
+        + QUICK
+        + worker_toml("p", "daemon.workloads:countdown", "process", {"n": 1000})
+    )
+    await app.reload()
+    await wait_until(lambda: done(registry, "p", "process") >= 1)
+    process = app.supervisor.workers["p"].strategy
+    children = list(process.pool._processes.values())  # type: ignore[attr-defined]
+    thread = app.supervisor.workers["w"].strategy
+    config.write_text('[metrics]\nport = 0\n[executors.process]\nstart_method = "fork"\n' + QUICK)
+    await app.reload()
+    assert getattr(process, "closed", None) is True
+    assert not any(child.is_alive() for child in children)
+    assert app.supervisor.workers["w"].strategy is thread
+    assert getattr(thread, "closed", None) is False

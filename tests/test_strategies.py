@@ -13,7 +13,7 @@ import pytest
 from daemon import workloads
 from daemon.executors import DaemonThreadExecutor
 from loopwatch import targets
-from loopwatch.errors import StrategyError
+from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant
 from loopwatch.strategies import (
     BlockingStrategy,
@@ -94,12 +94,15 @@ async def test_cooperative_timeout_closes_the_generator() -> None:
     assert perf_counter() - started < 1.0
 
 
-async def test_thread_timeout_holds_the_slot_until_the_thread_returns() -> None:
-    """A timed-out thread call raises only once the thread is free again."""
+async def test_thread_timeout_is_raised_at_once_with_what_still_runs() -> None:
+    """At its timeout the call raises; ``still_running`` ends when the thread is free again."""
     strategy = ThreadStrategy(max_workers=1)
     started = perf_counter()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(CallTimeoutError) as info:
         await strategy.call(Call(test_targets.block, {"seconds": 0.3}), 0.05)
+    assert perf_counter() - started < 0.2
+    assert info.value.still_running is not None
+    await info.value.still_running
     assert perf_counter() - started >= 0.29
     assert await strategy.call(Call(targets.noop), 1.0) is None
     await strategy.aclose(1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import math
 import threading
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 from typing_extensions import override
 
 from loopwatch import targets
-from loopwatch.errors import StrategyError, TargetError
+from loopwatch.errors import CallTimeoutError, StrategyError, TargetError
 from loopwatch.occupant import run_tracked
 from loopwatch.strategies.base import Call, Strategy
 
@@ -47,8 +46,7 @@ class PoolStrategy(Strategy):
             if task is not None and task.cancelling():
                 raise  # our caller is being cancelled: not this call's fault
             if timer is not None and loop.time() >= timer.when():
-                await self._wait_abandoned(future)
-                raise TimeoutError from None
+                raise self._timed_out(future, timeout_s) from None
             # The pool dropped the call (a Dask scheduler lost it, a pool shut down):
             # an error of this call, not a cancellation of our caller.
             raise StrategyError(f"{self.name} pool cancelled the call") from None
@@ -59,11 +57,16 @@ class PoolStrategy(Strategy):
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
 
-    @staticmethod
-    async def _wait_abandoned(future: concurrent.futures.Future[Any]) -> None:
+    def _timed_out(
+        self, future: concurrent.futures.Future[Any], timeout_s: float
+    ) -> CallTimeoutError:
+        """The error of a call past ``timeout_s``, with what still runs of it."""
+        running = None
         if not future.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(future)
+            running = asyncio.wrap_future(future)
+            # Its result or error is nobody's any more: retrieved here, never logged.
+            running.add_done_callback(_consume)
+        return CallTimeoutError(f"call exceeded its timeout of {timeout_s} s", running)
 
     @override
     async def aclose(self, timeout_s: float) -> None:
@@ -80,6 +83,11 @@ class PoolStrategy(Strategy):
         )
         closer.start()
         await asyncio.to_thread(closer.join, timeout_s)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ThreadStrategy(PoolStrategy):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import select
 import signal
 import threading
+from collections.abc import Awaitable
 from concurrent.futures.process import BrokenProcessPool
 from time import perf_counter
 from typing import Any, Literal
@@ -17,7 +19,7 @@ import structlog
 from typing_extensions import override
 
 from loopwatch import targets
-from loopwatch.errors import StrategyError
+from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import run_tracked
 from loopwatch.strategies.base import Call
 from loopwatch.strategies.pool import PoolStrategy
@@ -96,6 +98,14 @@ class ProcessStrategy(PoolStrategy):
         except BrokenProcessPool:
             self._replace(pool)
             raise
+        except CallTimeoutError as exc:
+            if exc.still_running is not None:
+                # A child stuck in a call would hold a pool slot for good: give the call
+                # its timeout once more, then kill the pool's children and start afresh.
+                exc.still_running = asyncio.ensure_future(
+                    self._reap(exc.still_running, pool, timeout_s)
+                )
+            raise
 
     @override
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
@@ -108,19 +118,37 @@ class ProcessStrategy(PoolStrategy):
                 raise StrategyError("process pool is closed") from None
             return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
 
-    def _replace(self, broken: concurrent.futures.Executor) -> None:
+    async def _reap(
+        self, running: Awaitable[Any], pool: concurrent.futures.Executor, grace_s: float
+    ) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(running), grace_s)
+        except TimeoutError:
+            self._replace(pool, reason="a call ran past its timeout twice over", kill=True)
+            with contextlib.suppress(Exception):
+                await running
+        except Exception:  # the call's own error: nobody's any more
+            return
+
+    def _replace(
+        self,
+        broken: concurrent.futures.Executor,
+        *,
+        reason: str = "a child process died",
+        kill: bool = False,
+    ) -> None:
         with self._lock:
             if self.pool is not broken:
                 return  # another call already replaced it
             if self.closed:
                 return  # closing: a broken pool is not rebuilt (the caller's error stands)
-            log.warning("process_pool_replaced", reason="a child process died")
+            log.warning("process_pool_replaced", reason=reason)
             self.pool = self._new_pool()
             # Both off the loop: shutting a broken pool down can block for seconds
             # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
             threading.Thread(
                 target=_retire_and_warm_up,
-                args=(broken, self.pool, self.max_workers),
+                args=(broken, self.pool, self.max_workers, kill),
                 name="loopwatch-pool-replace",
                 daemon=True,
             ).start()
@@ -137,8 +165,12 @@ class ProcessStrategy(PoolStrategy):
 
 
 def _retire_and_warm_up(
-    broken: concurrent.futures.Executor, fresh: concurrent.futures.Executor, n: int
+    broken: concurrent.futures.Executor, fresh: concurrent.futures.Executor, n: int, kill: bool
 ) -> None:
+    if kill:
+        # The pool breaks on the first dead child: its calls fail, their slots come back.
+        for process in list(getattr(broken, "_processes", {}).values()):
+            process.kill()
     broken.shutdown(wait=False, cancel_futures=True)
     _warm_up(fresh, n)
 

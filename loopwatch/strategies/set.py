@@ -68,6 +68,10 @@ class StrategySet:
             if old._settings_of(key) == self._settings_of(key):
                 self._strategies[key] = strategy
 
+    def retain(self, keys: set[StrategyKey]) -> None:
+        """Forget the strategies of other keys (a set that still holds them closes them)."""
+        self._strategies = {k: s for k, s in self._strategies.items() if k in keys}
+
     def __contains__(self, strategy: Strategy) -> bool:
         return any(s is strategy for s in self._strategies.values())
 

@@ -64,18 +64,27 @@ def test_unpicklable_result_is_an_error_of_that_worker_only(
 def test_a_failing_worker_is_logged_once_per_window_with_its_count(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
-    """Repeated identical failures: one ``task_failed`` line now, a summary with ``repeats`` at the end."""
+    """Repeated identical failures: one ``task_failed`` line now, with the traceback; a summary with ``repeats`` at the end."""
     config = write_config(
-        '[[workers]]\nname = "bad"\ntarget = "tests.targets:fail"\nstrategy = "thread"\n'
+        worker_toml("bad", "tests.targets:fail", "thread")
+        + worker_toml("remote", "tests.targets:fail", "process", {"message": "in a child"})
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
     failures = wait_tasks(daemon, "bad", "thread", outcome="error", at_least=5)
-    assert len(daemon.named("task_failed")) == 1
+    wait_tasks(daemon, "remote", "process", outcome="error", at_least=2)
+    assert len([e for e in daemon.named("task_failed") if e["worker"] == "bad"]) == 1
     assert daemon.stop() == 0
-    lines = daemon.named("task_failed")
+    lines = [e for e in daemon.named("task_failed") if e["worker"] == "bad"]
     assert len(lines) == 2
     assert lines[1]["repeats"] >= failures - 1
+    assert "tests/targets.py" in lines[0]["traceback"]
+    assert lines[0]["traceback"].endswith("RuntimeError: boom")
+    assert "traceback" not in lines[1]  # aggregated repeats carry none
+    [remote] = [
+        e for e in daemon.named("task_failed") if e["worker"] == "remote" and "repeats" not in e
+    ]
+    assert "raise RuntimeError(message)" in remote["traceback"]  # the child's own traceback
 
 
 def test_leaking_children_are_recycled_with_max_tasks_per_child(
@@ -159,3 +168,38 @@ def test_cli_check_on_random_configs_exits_0_or_78_without_traceback(
     )  # fmt: skip
     assert result.returncode in (0, 78), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_thread_call_that_never_returns_is_a_timeout_when_its_timeout_passes(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """Counted and logged at its timeout; its slot stays held, so in-flight tells the truth."""
+    daemon = start_daemon(
+        write_config(worker_toml("stuck", "tests.targets:hang", "thread", timeout=0.3))
+    )
+    daemon.wait_ready()
+    wait_tasks(daemon, "stuck", "thread", "timeout", timeout=5)
+    failed = daemon.wait_event("task_failed", lambda e: e["worker"] == "stuck")
+    assert "TimeoutError" in failed["error"]
+    assert daemon.value("loopwatch_tasks_in_flight", worker="stuck") == 1  # still running
+    assert tasks_done(daemon, "stuck", "thread", "timeout") == 1  # no second call started
+    daemon.kill()
+
+
+def test_a_process_call_past_its_timeout_does_not_hold_a_pool_slot_for_good(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """Given its timeout once more, then its child is killed: the slot comes back."""
+    daemon = start_daemon(
+        write_config(
+            "[executors.process]\nmax_workers = 1\n"
+            + worker_toml("stuck", "tests.targets:hang", "process", timeout=0.3)
+        )
+    )
+    daemon.wait_ready()
+    wait_tasks(daemon, "stuck", "process", "timeout", timeout=5)
+    replaced = daemon.wait_event("process_pool_replaced", timeout=10)
+    assert replaced["reason"] == "a call ran past its timeout twice over"
+    # The slot came back: the next call started, and timed out in its turn.
+    wait_tasks(daemon, "stuck", "process", "timeout", at_least=2, timeout=10)
+    assert daemon.stop() == 0

@@ -81,6 +81,10 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
     assert daemon.stop() == 0
     assert daemon.named("shutdown")
     assert session_members(daemon.pid) == []
+    # A clean stop is no warning: aiorun's "Stopping the loop" is demoted to info.
+    stopping = [e for e in daemon.events if "Stopping the loop" in str(e.get("event"))]
+    assert stopping
+    assert all(e["level"] == "info" for e in stopping), stopping
 
 
 def test_2_sigint_drains_in_flight_calls_and_leaves_no_child(
