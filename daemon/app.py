@@ -103,6 +103,7 @@ class App:
         self.failure: LoopwatchError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._reload_wanted: asyncio.Event | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._shutting_down = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -115,6 +116,7 @@ class App:
         loop = asyncio.get_running_loop()
         self.watcher.start(loop)
         self._spawn(self.ticker.run(), "ticker")
+        self._starting = asyncio.current_task()
         try:
             await self.supervisor.start(self.cfg.workers, self.strategies)
         except LoopwatchError as exc:
@@ -123,6 +125,10 @@ class App:
             self.failure = exc
             loop.stop()
             return
+        finally:
+            self._starting = None
+        if self._shutting_down:
+            return  # SIGTERM came while we started: no READY after STOPPING
         self._reload_wanted = asyncio.Event()
         loop.add_signal_handler(signal.SIGHUP, self._reload_wanted.set)
         self._spawn(self._reloader(self._reload_wanted), "reloader")
@@ -140,7 +146,7 @@ class App:
         )
         self.notifier.ready(self._status_text())
 
-    async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:  # noqa: ARG002 - aiorun's
+    async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
         """Aiorun's shutdown_callback: drain workers, close pools, stop watching.
 
         Every wait has a deadline: in-flight calls get ``shutdown.timeout``, pools one
@@ -152,6 +158,12 @@ class App:
         # The SIGHUP handler stays: removed, a SIGHUP during the drain would kill us.
         for task in list(self._tasks):
             task.cancel()
+        starting = self._starting
+        if starting is not None:
+            # SIGTERM during start-up (a pool warming up, Dask connecting): stop starting;
+            # a strategy half started is closed by the set that was building it.
+            starting.cancel()
+            await asyncio.wait([starting], timeout=self.cfg.shutdown.timeout)
         in_flight = sum(w.started - w.finished for w in self.supervisor.workers.values())
         await self.supervisor.stop(self.cfg.shutdown.timeout)
         await self.strategies.aclose(1.0)
@@ -166,6 +178,10 @@ class App:
             failed=self.failure is not None,
         )
         self.notifier.close()
+        # From here on reloads are moot; the loop's close would give SIGHUP its default
+        # action back (terminate) for the last moments of the process.
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     async def _reloader(self, wanted: asyncio.Event) -> None:
         # SIGHUPs that arrive while a reload runs are coalesced into one more reload.

@@ -79,17 +79,25 @@ class GcTracker:
 
 @dataclass(frozen=True)
 class Reading:
-    """One look at the process, by the watchdog thread."""
+    """One look at the process, by the watchdog thread.
+
+    The run-queue wait is read less often than the clocks (a ``schedstat`` read costs
+    ~100 us in a running process, the clocks ~1 us): ``queue_at`` says when it was read.
+    """
 
     at: float
     loop_cpu_s: float
     loop_queue_s: float | None
     thread_cpu_s: dict[int, float] = field(default_factory=dict)
+    queue_at: float = 0.0
 
 
-def read(loop_ident: int, loop_native_id: int | None, skip: int) -> Reading:
+def read(
+    loop_ident: int, loop_native_id: int | None, skip: int, reuse: Reading | None = None
+) -> Reading:
     """The loop thread's CPU and run-queue wait, and every other thread's CPU but ``skip``'s.
 
+    With ``reuse``, its run-queue figure is kept instead of reading ``schedstat`` again.
     The time and the clocks come first, the ``schedstat`` read last: it is a system call,
     which lets go of the GIL, and native code may hold it from then on. The gap then
     falls into the next interval, as it should, not between this reading's parts.
@@ -104,8 +112,10 @@ def read(loop_ident: int, loop_native_id: int | None, skip: int) -> Reading:
         cpu = thread_cpu_s(ident)
         if cpu is not None:
             others[ident] = cpu
+    if reuse is not None:
+        return Reading(at, loop_cpu, reuse.loop_queue_s, others, reuse.queue_at)
     queue = run_queue_wait_s(loop_native_id) if loop_native_id is not None else None
-    return Reading(at, loop_cpu, queue, others)
+    return Reading(at, loop_cpu, queue, others, at)
 
 
 @dataclass(frozen=True)
@@ -131,9 +141,10 @@ def classify(
     """
     span = max(after.at - before.at, 1e-9)
     loop_cpu = max(0.0, after.loop_cpu_s - before.loop_cpu_s)
-    queue = 0.0
+    queue, queue_span = 0.0, span
     if after.loop_queue_s is not None and before.loop_queue_s is not None:
         queue = max(0.0, after.loop_queue_s - before.loop_queue_s)
+        queue_span = max(after.queue_at - before.queue_at, 1e-9)
     holder, holder_cpu = None, 0.0
     for ident, cpu in after.thread_cpu_s.items():
         used = cpu - before.thread_cpu_s.get(ident, 0.0)  # new threads: all of it
@@ -144,7 +155,7 @@ def classify(
         return Verdict("gc", gc_s=gc_s, gc_generation=gc_generation, **evidence)
     if loop_cpu >= MOST * span:
         return Verdict("cpu", **evidence)
-    if queue >= MOST * span:
+    if queue >= MOST * queue_span:
         return Verdict("starved", **evidence)
     # Another thread ran while the loop thread did not, and the watchdog could not run
     # either: that thread held the GIL. (A thread in native code that released the GIL,

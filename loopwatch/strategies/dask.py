@@ -85,8 +85,15 @@ class DaskStrategy(PoolStrategy):
                 self._cluster.close()
                 self._cluster = None
                 raise
-        self._client = client
-        self.pool = client.get_executor(pure=False)
+        with self._lock:
+            if self.closed:  # closed while we connected (SIGTERM during start-up)
+                client.close()
+                if self._cluster is not None:
+                    self._cluster.close()
+                    self._cluster = None
+                raise StrategyError("dask strategy closed while connecting")
+            self._client = client
+            self.pool = client.get_executor(pure=False)
 
     @override
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:

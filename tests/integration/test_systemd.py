@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import StartDaemon, WriteConfig
+from tests.daemon_process import children_of, session_members
+from tests.helpers import StartDaemon, WriteConfig, worker_toml
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +113,43 @@ def test_a_stuck_loop_stops_the_watchdog_pings(
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert max(gaps) >= 1.2
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("strategy", ["process", "dask"])
+def test_sigterm_during_start_up_exits_0_with_no_child_and_no_ready(
+    systemd: FakeSystemd, write_config: WriteConfig, start_daemon: StartDaemon, strategy: str
+) -> None:
+    """SIGTERM while a pool warms up or Dask connects: exit 0, nothing left, no READY."""
+    config = write_config(
+        '[executors.process]\nstart_method = "spawn"\nmax_workers = 2\n'
+        + worker_toml("w", "daemon.workloads:countdown", strategy, {"n": 1000})
+    )
+    daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path})
+    # The pool or the cluster is starting: its first children exist, READY is not sent.
+    deadline = time.monotonic() + 20
+    while not children_of(daemon.pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not daemon.named("startup")
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait_exit(30) == 0
+    assert session_members(daemon.pid) == []
+    messages = systemd.messages()
+    assert any("STOPPING=1" in m for m in messages)
+    assert not any("READY=1" in m for m in messages), messages
+    assert not daemon.named("startup")
+
+
+def test_sighup_during_the_shutdown_drain_does_not_kill_the_daemon(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """SIGTERM, then SIGHUP while calls drain: still a clean exit 0 after the drain."""
+    daemon = start_daemon(
+        write_config(worker_toml("slow", "tests.targets:block", "thread", {"seconds": 1.5}))
+    )
+    daemon.wait_ready()
+    daemon.wait_value("loopwatch_tasks_in_flight", lambda v: v >= 1, worker="slow")
+    daemon.signal(signal.SIGTERM)
+    time.sleep(0.3)  # inside the drain (the call has over a second to go)
+    daemon.signal(signal.SIGHUP)
+    assert daemon.wait_exit(20) == 0
+    assert daemon.named("shutdown")
