@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import resource
 import sys
 import threading
 from collections.abc import Sequence
@@ -95,6 +97,7 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
 
     configure_logging(cfg.logging)
     sys.setswitchinterval(cfg.daemon.switch_interval)
+    _raise_fd_limit()
     log = structlog.get_logger("loopwatch")
     app = build_app(cfg, config_path=path, environ=os.environ)
     try:
@@ -114,6 +117,19 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     code = exit_code_for(app.failure)
     _leave_stragglers(log, code)
     return code
+
+
+def _raise_fd_limit() -> None:
+    """Raise the soft limit of file descriptors to the hard one (systemd: LimitNOFILE).
+
+    Every metrics connection takes a descriptor; the default soft limit of 1024 is the
+    first thing a crowd of slow clients would exhaust.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> None:

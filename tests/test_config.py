@@ -365,3 +365,38 @@ def test_an_invalid_environment_override_names_the_variable(tmp_path: Path) -> N
         load_config(None, {"LOOPWATCH_WORKERS__0__TARGET": "nowhere:fn"})
     assert info.value.message == "environment variable LOOPWATCH_WORKERS__0__TARGET invalid"
     assert "[set by environment variable LOOPWATCH_WORKERS__0__TARGET]" in info.value.details[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[ticker]\ninterval = inf\n", "ticker.interval: Input should be a finite number"),
+        (
+            "[probe]\nstall_threshold = nan\n",
+            "probe.stall_threshold: Input should be a finite number",
+        ),
+        (
+            "[probe]\nstall_threshold = 1e10\n",
+            "probe.stall_threshold: Input should be less than or equal to 3600",
+        ),
+        ("[shutdown]\ntimeout = inf\n", "shutdown.timeout: Input should be a finite number"),
+        (
+            "[probe]\ndump_after = -1.0\n",
+            "probe.dump_after: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_refused_with_their_key(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """inf, nan and values timers cannot take: refused by key path, never run."""
+    found = errors_of(tmp_path, text)
+    assert any(line.startswith(expected) for line in found), found
+
+
+def test_a_worker_interval_of_inf_is_refused(tmp_path: Path) -> None:
+    """``interval = inf`` used to run a worker once and print null."""
+    found = errors_of(tmp_path, worker_toml(interval=float("inf")))
+    assert any(
+        line.startswith("workers[0].interval: Input should be a finite number") for line in found
+    ), found

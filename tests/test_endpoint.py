@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.app import build_app
 from daemon.config import DaemonConfig, MetricsConfig
-from daemon.endpoint import MetricsEndpoint
+from daemon.endpoint import HEAD_DEADLINE_S, MAX_HEAD_BYTES, WORKERS, MetricsEndpoint
 from daemon.errors import ConfigError, EndpointError
 from daemon.metrics import Metrics
 from tests.helpers import free_port
@@ -155,3 +159,107 @@ def test_unreadable_tls_files_are_a_config_error(
     )
     with pytest.raises(ConfigError, match="metrics TLS files cannot be loaded"):
         MetricsEndpoint(cfg, registry).start()
+
+
+@pytest.fixture
+def many_fds() -> Iterator[None]:
+    """Room for thousands of sockets in this process (clients and server ends)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
+    if wanted < 3200:
+        pytest.skip(f"needs 3,200 file descriptors; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_scrapes_answer_while_1500_slow_clients_trickle_bytes(
+    endpoint: MetricsEndpoint, many_fds: None
+) -> None:
+    """Slow-loris: 1,500 clients sending a byte a second cost no thread; scrapes answer."""
+    assert endpoint.url is not None
+    port = int(endpoint.url.split(":")[2].split("/")[0])
+    threads_before = threading.active_count()
+    clients = []
+    try:
+        for _ in range(1500):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")
+            clients.append(sock)
+        for round_ in range(3):
+            for sock in clients:
+                with contextlib.suppress(OSError):  # evicted or expired: fine
+                    sock.send(b"X")
+            started = time.monotonic()
+            assert "loopwatch_build_info" in get(endpoint.url)
+            assert time.monotonic() - started < 2.0, f"scrape {round_} was slow"
+            time.sleep(0.5)
+        assert threading.active_count() - threads_before <= WORKERS
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_a_head_that_never_ends_is_cut_at_its_deadline_and_size(
+    endpoint: MetricsEndpoint,
+) -> None:
+    """Bytes trickled forever are closed by the absolute deadline; a huge head gets 431."""
+    assert endpoint.url is not None
+    port = int(endpoint.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port)) as big:
+        big.sendall(b"GET /metrics HTTP/1.1\r\nX-Fill: " + b"a" * (MAX_HEAD_BYTES + 10))
+        assert big.recv(100).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.settimeout(HEAD_DEADLINE_S + 3)
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < HEAD_DEADLINE_S + 2:
+            try:
+                slow.send(b"X")
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.2)
+        if not closed:
+            closed = slow.recv(1) == b""
+        assert closed
+        assert time.monotonic() - started < HEAD_DEADLINE_S + 2
+
+
+def test_accept_rests_instead_of_spinning_when_descriptors_run_out(
+    registry: CollectorRegistry,
+) -> None:
+    """Out of file descriptors: accept pauses (no busy loop); scrapes come back after."""
+    endpoint = build_app(
+        DaemonConfig(metrics=MetricsConfig(port=free_port())), registry=registry
+    ).endpoint
+    assert endpoint is not None
+    endpoint.start()
+    assert endpoint.url is not None
+    port = int(endpoint.url.split(":")[2].split("/")[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hogs: list[int] = []
+    clients = []
+    try:
+        # Use up this process's descriptors but for a handful, then connect clients.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        with contextlib.suppress(OSError):
+            while True:
+                hogs.append(os.open("/dev/null", os.O_RDONLY))
+        for _ in range(2):  # room for the two clients, none for the server's ends
+            os.close(hogs.pop())
+        clients.extend(socket.create_connection(("127.0.0.1", port)) for _ in range(2))
+        cpu_before = time.process_time()
+        time.sleep(1.0)
+        used = time.process_time() - cpu_before
+        assert endpoint.out_of_fds >= 1
+        assert endpoint.out_of_fds < 100  # ~20 tries a second at most: resting, not spinning
+        assert used < 0.3
+    finally:
+        for sock in clients:
+            sock.close()
+        for fd in hogs:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "loopwatch_build_info" in get(endpoint.url)
+    endpoint.stop()

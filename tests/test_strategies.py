@@ -127,7 +127,8 @@ async def test_process_close_kills_children_still_busy() -> None:
     """Children busy past the close deadline are killed: nothing outlives the daemon."""
     strategy = ProcessStrategy(max_workers=1, start_method="fork")
     await strategy.start()
-    processes = list(strategy.pool._processes.values())  # type: ignore[attr-defined]
+    pool = strategy.pool
+    processes = list(pool._processes.values())  # type: ignore[attr-defined]
     call = asyncio.ensure_future(strategy.call(Call(test_targets.hang), 60.0))
     await asyncio.sleep(0.2)
     started = time.monotonic()
@@ -137,6 +138,7 @@ async def test_process_close_kills_children_still_busy() -> None:
     call.cancel()
     with pytest.raises((asyncio.CancelledError, BrokenProcessPool)):
         await call
+    assert strategy.pool is pool  # closed: the broken pool is not rebuilt
 
 
 async def test_executor_factory_must_return_an_executor() -> None:

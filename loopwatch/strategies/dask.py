@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 from typing import Any
@@ -20,10 +21,45 @@ import structlog
 from typing_extensions import override
 
 from loopwatch.errors import StrategyError
+from loopwatch.occupant import run_tracked
 from loopwatch.strategies.base import Call
 from loopwatch.strategies.pool import PoolStrategy
 
 log = structlog.get_logger("loopwatch.dask")
+
+
+def _settle(local: concurrent.futures.Future[Any], remote: Any) -> None:
+    """Pass a Dask future's outcome on (in the client's callback thread)."""
+    if local.done():
+        return  # given up on (a timeout): the outcome is nobody's any more
+    try:
+        if remote.status == "finished":
+            local.set_result(remote.result())
+        elif remote.status == "cancelled":
+            local.cancel()
+        else:
+            local.set_exception(remote.exception())
+    except concurrent.futures.InvalidStateError:
+        pass  # given up on meanwhile
+
+
+def _release(remote: Any, local: concurrent.futures.Future[Any]) -> None:
+    """A call given up on (timeout, cancellation) is cancelled on the cluster too.
+
+    Off the loop: ``Future.cancel`` of a synchronous client waits for the scheduler. A
+    queued task then never runs; a running one cannot be interrupted by Dask: it ends in
+    its worker thread and its result is dropped.
+    """
+    if local.cancelled() and not remote.done():
+        threading.Thread(
+            target=_cancel_quietly, args=(remote,), name="loopwatch-dask-cancel", daemon=True
+        ).start()
+
+
+def _cancel_quietly(remote: Any) -> None:
+    with contextlib.suppress(Exception):
+        remote.cancel()
+
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -105,7 +141,13 @@ class DaskStrategy(PoolStrategy):
             if status in (None, "closed", "failed"):
                 self._reconnect_in_background()
             raise StrategyError(f"Dask scheduler {self.address!r} unavailable (client {status})")
-        return super()._submit(call)
+        remote = client.submit(
+            run_tracked, call.worker, call.fn, call.args, call.kwargs, pure=False
+        )
+        local: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        remote.add_done_callback(functools.partial(_settle, local))
+        local.add_done_callback(functools.partial(_release, remote))
+        return local
 
     def _reconnect_in_background(self) -> None:
         # The client retries on its own for distributed.comm.timeouts.connect, then gives

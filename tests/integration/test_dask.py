@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeo
     wait_tasks(daemon, "cpu", "dask", at_least=20, timeout=60)
     wait_tasks(daemon, "bad", "dask", outcome="error", at_least=2)
     wait_tasks(daemon, "slow", "dask", outcome="timeout")
+    # A timed-out call is cancelled on the cluster and frees its slot at once: held until
+    # each 3 s call really ended, three timeouts would take over 6 s.
+    first = time.monotonic()
+    wait_tasks(daemon, "slow", "dask", outcome="timeout", at_least=4, timeout=20)
+    assert time.monotonic() - first < 3.0
     failed = daemon.wait_event("task_failed", lambda e: e["worker"] == "bad")
     assert failed["error"] == "RuntimeError: dask boom"
     assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.025
