@@ -163,10 +163,23 @@ def main() -> None:
             raw.extend(runs)
             rows.append({"case": case, "tool": tool, **summarise([score(r) for r in runs])})
             print(f"{case:>13} {tool:>10} {rows[-1]}", file=sys.stderr)
-    idle = {
-        tool: median(run_one(python, tool, "idle").get("cpu_share", float("nan")) for _ in range(3))
-        for tool in ("none", *tools)
-    }
+    out = ROOT / "benchmarks/results/stall_accuracy.json"
+    partial = set(tools) != set(TOOLS) or set(cases) != set(CASES)
+    old = json.loads(out.read_text()) if partial and out.exists() else None
+    if old is not None:
+        # A partial re-run replaces its own rows and keeps the others and the idle figures.
+        done = {(r["case"], r["tool"]) for r in rows}
+        rows = [r for r in old["rows"] if (r["case"], r["tool"]) not in done] + rows
+        rows.sort(key=lambda r: (CASES.index(r["case"]), TOOLS.index(r["tool"])))
+        raw = [r for r in old["raw"] if (r["case"], r["tool"]) not in done] + raw
+        idle = old["idle_cpu_share"]
+    else:
+        idle = {
+            tool: median(
+                run_one(python, tool, "idle").get("cpu_share", float("nan")) for _ in range(3)
+            )
+            for tool in ("none", *tools)
+        }
     report = {
         "machine": {"python": platform.python_version(), "cpus": 2, "node": platform.node()},
         "repeats": args.repeats,
@@ -174,7 +187,6 @@ def main() -> None:
         "idle_cpu_share": idle,
         "raw": raw,
     }
-    out = ROOT / "benchmarks/results/stall_accuracy.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         "| case | tool | detected | culprit right | cause right | duration error | attribution error | reported while stuck | first report after threshold |"

@@ -64,7 +64,7 @@ def build_app(
         environ=os.environ if environ is None else environ,
         watcher=watcher,
         ticker=Ticker(metrics.tick_drift, cfg.ticker.interval),
-        strategies=StrategySet(cfg.executors, watcher.occupant),
+        strategies=StrategySet(cfg.executors, watcher.occupant, metrics.attach),
         supervisor=WorkerSupervisor(metrics, failure_log),
         failure_log=failure_log,
     )
@@ -99,6 +99,8 @@ class App:
         self.strategies = strategies
         self.supervisor = supervisor
         self.failure_log = failure_log
+        # Read at scrape time: a reload replaces the set, so not its bound method.
+        metrics.pools.source = lambda: self.strategies.items()  # noqa: PLW0108
         # Why start-up failed; cli maps it to an exit code.
         self.failure: LoopwatchError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -214,7 +216,7 @@ class App:
         new = load_config(self.config_path, self._environ)
         old = self.cfg
         restart_needed = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
-        strategies = StrategySet(new.executors, self.watcher.occupant)
+        strategies = StrategySet(new.executors, self.watcher.occupant, self.metrics.attach)
         strategies.inherit(self.strategies)
         try:
             # Every strategy the new config needs, before anything is stopped.

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import structlog
 
+import loopwatch
 from daemon import __version__
 from daemon.config import DaemonConfig, config_path_from_env, load_config
 from daemon.errors import ConfigError, EndpointError, LoopwatchError
@@ -108,10 +109,13 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
             "startup_failed", error=str(exc), fix="free the port or fix [metrics], then restart"
         )
         return exit_code_for(exc)
+    uvloop = cfg.daemon.loop == "uvloop"
     aiorun.run(
         app.run(),
+        # Our own asyncio loop, whose selector times its waits: loop utilization.
+        loop=None if uvloop else loopwatch.new_event_loop(),
         shutdown_callback=app.shutdown,
-        use_uvloop=cfg.daemon.loop == "uvloop",
+        use_uvloop=uvloop,
         timeout_task_shutdown=5.0,
     )
     code = exit_code_for(app.failure)

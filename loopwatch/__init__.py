@@ -20,6 +20,7 @@ from loopwatch.strategies import (
     ThreadStrategy,
     build_strategy,
 )
+from loopwatch.utilization import new_event_loop
 from loopwatch.watcher import Watcher, watch
 
 try:
@@ -47,6 +48,7 @@ __all__ = [
     "Watcher",
     "__version__",
     "build_strategy",
+    "new_event_loop",
     "run_sync",
     "watch",
 ]

@@ -9,16 +9,22 @@ one of the causes of DESIGN.md.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from time import perf_counter
+from types import FrameType
 from typing import Any, Literal
+
+from loopwatch import frames
 
 Cause = Literal["cpu", "wait", "gil", "gc", "starved", "unknown"]
 # A share of a sample interval above this is "most of it".
 MOST = 0.5
+# Collections this long keep the stack that triggered them.
+LONG_GC_S = 0.01
 
 
 def thread_cpu_s(ident: int) -> float | None:
@@ -44,6 +50,9 @@ class GcTracker:
     def __init__(self, keep: int = 256) -> None:
         self._done: deque[tuple[float, float, int]] = deque(maxlen=keep)
         self._started: tuple[float, int] | None = None
+        self._frame: FrameType | None = None
+        # Where the long collections ran: (start, end, stack) of those over LONG_GC_S.
+        self.long: deque[tuple[float, float, list[str]]] = deque(maxlen=16)
 
     def install(self) -> None:
         """Start timing collections."""
@@ -58,10 +67,22 @@ class GcTracker:
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = (perf_counter(), int(info["generation"]))
+            # The frame that allocated (or called gc.collect): it runs on during the
+            # collection, and names the code of a long one once it is over.
+            self._frame = sys._getframe(1)
         elif self._started is not None:
             start, generation = self._started
+            end = perf_counter()
             self._started = None
-            self._done.append((start, perf_counter(), generation))
+            self._done.append((start, end, generation))
+            if end - start >= LONG_GC_S:
+                self.long.append((start, end, frames.frame_lines(self._frame)))
+            self._frame = None
+
+    def stack_during(self, start: float, end: float) -> list[str] | None:
+        """The stack that triggered the longest collection within ``[start, end]``."""
+        found = [(e - s, stack) for s, e, stack in list(self.long) if s < end and e > start]
+        return max(found, key=lambda item: item[0])[1] if found else None
 
     def overlap(self, start: float, end: float) -> tuple[float, int]:
         """GC seconds within ``[start, end]`` and the oldest generation collected then."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from loopwatch import targets
@@ -28,6 +29,17 @@ def run_tracked(
     """Run a call in a pool thread, noting which worker's target the thread runs."""
     POOL_CALLS[threading.get_ident()] = (worker, fn)
     return targets.drive(fn, args, kwargs)
+
+
+def run_timed(
+    worker: str, fn: targets.Target, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[float, Any]:
+    """``run_tracked``, returning when the call started with its result (the queue wait).
+
+    Wall-clock time: comparable across the processes of one host and, roughly, hosts.
+    """
+    started = time.time()
+    return started, run_tracked(worker, fn, args, kwargs)
 
 
 class Occupant:

@@ -305,6 +305,9 @@ class StallWatchdog:
         if verdict.cause == "gil" and verdict.holder is not None:
             return verdict, self._holder_sample(verdict.holder, stall)
         stack = frames.thread_stack(self._loop_ident) if sample_loop else []
+        if verdict.cause == "gc" and (late or not stack):
+            # The collection held the GIL: its trigger's stack, kept by the GC callback.
+            stack = self._gc.stack_during(begin, reading.at) or stack
         if (late or not stack) and stall.dump is not None:
             # The watchdog was blind (native code held the GIL): faulthandler was not.
             stack = stack_in_dump(stall.dump, self._loop_ident) or stack

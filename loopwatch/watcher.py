@@ -7,12 +7,16 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from prometheus_client import CollectorRegistry
 
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
+from loopwatch.utilization import BusyCollector, selector_of
 from loopwatch.watchdog import StallWatchdog
+
+log = structlog.get_logger("loopwatch")
 
 
 def check_settings(resolution: float, stall_threshold: float, dump_after: float) -> None:
@@ -30,6 +34,22 @@ def check_settings(resolution: float, stall_threshold: float, dump_after: float)
         raise ValueError(
             f'"stall_threshold" ({stall_threshold!r}) must be greater than '
             f'"resolution" ({resolution!r})'
+        )
+
+
+_said: set[str] = set()
+
+
+def _say_utilization_unavailable(loop: asyncio.AbstractEventLoop) -> None:
+    """Once per kind of loop: why loopwatch_event_loop_busy_seconds_total is left out."""
+    kind = type(loop).__module__ + "." + type(loop).__qualname__
+    if kind not in _said:
+        _said.add(kind)
+        log.info(
+            "loop_utilization_unavailable",
+            loop=kind,
+            reason="only a loop made by loopwatch.new_event_loop() can be measured "
+            "(uvloop has no hook for it); loopwatch_event_loop_busy_seconds_total is left out",
         )
 
 
@@ -57,6 +77,7 @@ class Watcher:
         self.watchdog = StallWatchdog(
             self.probe, self.metrics, self.occupant, dump_after_s=dump_after
         )
+        self._busy: BusyCollector | None = None
 
     @property
     def stalls(self) -> int:
@@ -68,11 +89,20 @@ class Watcher:
         loop = asyncio.get_running_loop() if loop is None else loop
         self.probe.start(loop)
         self.watchdog.start(loop)
+        selector = selector_of(loop)
+        if selector is not None:
+            self._busy = BusyCollector(selector)
+            self.metrics.registry.register(self._busy)
+        else:
+            _say_utilization_unavailable(loop)
 
     def stop(self) -> None:
         """Stop watching; a stall in progress is logged with what is known of it."""
         self.watchdog.stop()
         self.probe.stop()
+        if self._busy is not None:
+            self.metrics.registry.unregister(self._busy)
+            self._busy = None
 
     def reconfigure(self, resolution: float, stall_threshold: float) -> None:
         """Change the probe's period and the stall threshold now (from the loop's thread)."""

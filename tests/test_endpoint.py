@@ -239,7 +239,7 @@ def test_accept_rests_instead_of_spinning_when_descriptors_run_out(
     port = int(endpoint.url.split(":")[2].split("/")[0])
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     hogs: list[int] = []
-    clients = []
+    clients: list[socket.socket] = []
     try:
         # Use up this process's descriptors but for a handful, then connect clients.
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))

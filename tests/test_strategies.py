@@ -19,6 +19,7 @@ from loopwatch.strategies import (
     BlockingStrategy,
     Call,
     CooperativeStrategy,
+    DaskStrategy,
     ExecutorStrategy,
     ProcessStrategy,
     ThreadStrategy,
@@ -171,3 +172,25 @@ def test_daemon_thread_executor_limits_concurrency_and_refuses_after_shutdown() 
         executor.submit(targets.noop)
     with pytest.raises(ValueError, match="max_workers must be >= 1"):
         DaemonThreadExecutor(0)
+
+
+async def test_a_local_cluster_whose_client_fails_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An embedded cluster is not left running when its Client cannot be made (injected)."""
+    import distributed
+
+    from tests.daemon_process import children_of
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("client refused (injected fault)")
+
+    before = set(children_of(os.getpid()))
+    monkeypatch.setattr(distributed, "Client", refuse)
+    strategy = DaskStrategy(n_workers=1)
+    with pytest.raises(StrategyError, match="client refused"):
+        await strategy.start()
+    deadline = time.monotonic() + 10
+    while set(children_of(os.getpid())) - before and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert set(children_of(os.getpid())) - before == set()

@@ -170,6 +170,21 @@ def build() -> dashboard.Dashboard:
         )
         .with_panel(
             series(
+                "Loop utilization",
+                "percentunit",
+                query(
+                    "max by (instance) (rate(loopwatch_event_loop_busy_seconds_total{"
+                    + SEL
+                    + "}[$__rate_interval]))",
+                    "{{instance}}",
+                ),
+                description="Share of time the loop ran callbacks, outside its selector wait (Node's event-loop utilization). Near 1 it has no room left. Not available under uvloop.",
+            )
+            .span(12)
+            .height(6)
+        )
+        .with_panel(
+            series(
                 "What blocks the loop (by worker and cause)",
                 "percentunit",
                 query(
@@ -218,6 +233,45 @@ def build() -> dashboard.Dashboard:
                     + "}[$__rate_interval])))",
                     "{{worker}} ({{strategy}})",
                 ),
+            )
+        )
+        .with_panel(
+            series(
+                "Pool saturation: busy / capacity, queued",
+                "short",
+                query(
+                    "sum by (executor) (loopwatch_executor_busy{" + SEL + "}) / "
+                    "sum by (executor) (loopwatch_executor_workers{" + SEL + "})",
+                    "{{executor}} busy share",
+                    "A",
+                ),
+                query(
+                    "sum by (executor) (loopwatch_executor_queued{" + SEL + "})",
+                    "{{executor}} queued",
+                    "B",
+                ),
+                description="Busy share 1 means every slot of the pool is taken; queued calls then wait.",
+            )
+        )
+        .with_panel(
+            series(
+                "Queue wait p50 / p99 by worker",
+                "s",
+                query(
+                    "histogram_quantile(0.5, sum by (worker, strategy, le) (rate(loopwatch_task_queue_wait_seconds_bucket{"
+                    + SEL
+                    + "}[$__rate_interval])))",
+                    "{{worker}} p50",
+                    "A",
+                ),
+                query(
+                    "histogram_quantile(0.99, sum by (worker, strategy, le) (rate(loopwatch_task_queue_wait_seconds_bucket{"
+                    + SEL
+                    + "}[$__rate_interval])))",
+                    "{{worker}} p99",
+                    "B",
+                ),
+                description="From submit to start of a call in its pool.",
             )
         )
         .with_panel(

@@ -21,7 +21,7 @@ import structlog
 from typing_extensions import override
 
 from loopwatch.errors import StrategyError
-from loopwatch.occupant import run_tracked
+from loopwatch.occupant import run_timed
 from loopwatch.strategies.base import Call
 from loopwatch.strategies.pool import PoolStrategy
 
@@ -73,6 +73,10 @@ class DaskStrategy(PoolStrategy):
         self, *, address: str = "", n_workers: int = 2, threads_per_worker: int = 1
     ) -> None:
         self._address = address
+        # Embedded: every worker thread of the cluster; remote: unknown.
+        self.capacity = None if address else n_workers * threads_per_worker
+        self.in_flight = 0
+        self.queue_wait = None
         self._n_workers = n_workers
         self._threads_per_worker = threads_per_worker
         self.closed = False
@@ -141,9 +145,7 @@ class DaskStrategy(PoolStrategy):
             if status in (None, "closed", "failed"):
                 self._reconnect_in_background()
             raise StrategyError(f"Dask scheduler {self.address!r} unavailable (client {status})")
-        remote = client.submit(
-            run_tracked, call.worker, call.fn, call.args, call.kwargs, pure=False
-        )
+        remote = client.submit(run_timed, call.worker, call.fn, call.args, call.kwargs, pure=False)
         local: concurrent.futures.Future[Any] = concurrent.futures.Future()
         remote.add_done_callback(functools.partial(_settle, local))
         local.add_done_callback(functools.partial(_release, remote))

@@ -64,7 +64,8 @@ class CooperativeStrategy(Strategy):
         self._slice_s = slice_s
         self._yield_every = yield_every
         self._occupant = Occupant() if occupant is None else occupant
-        self.forced_yields = 0
+        # Worker -> times the strategy gave the loop back during its calls (loop thread).
+        self.yields: dict[str, int] = {}
 
     @override
     async def call(self, call: Call, timeout_s: float) -> Any:
@@ -93,7 +94,7 @@ class CooperativeStrategy(Strategy):
                     return stop.value
                 if perf_counter() >= deadline:
                     occupant.worker = None
-                    self.forced_yields += 1
+                    self.yields[worker] = self.yields.get(worker, 0) + 1
                     await asyncio.sleep(0)
                     await asyncio.sleep(0)
                     occupant.worker = worker
@@ -116,7 +117,7 @@ class CooperativeStrategy(Strategy):
                 if count >= every:
                     count = 0
                     occupant.worker = None
-                    self.forced_yields += 1
+                    self.yields[worker] = self.yields.get(worker, 0) + 1
                     await asyncio.sleep(0)
                     occupant.worker = worker
         finally:

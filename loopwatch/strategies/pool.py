@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError, TargetError
-from loopwatch.occupant import run_tracked
+from loopwatch.occupant import run_timed
 from loopwatch.strategies.base import Call, Strategy
 
 
@@ -27,35 +28,67 @@ class PoolStrategy(Strategy):
 
     name = "executor"
 
+    # The pool's capacity in calls at once, None when unknown (any Executor).
+    capacity: int | None = None
+
     def __init__(self, pool: concurrent.futures.Executor) -> None:
         self.pool = pool
         self.closed = False
+        # Calls submitted and not ended; written on the loop thread only.
+        self.in_flight = 0
+        # Called with (worker, strategy, seconds) for every call that started: the time
+        # from submit to start, measured in the pool where the call starts.
+        self.queue_wait: Callable[[str, str, float], None] | None = None
+
+    @property
+    def busy(self) -> int:
+        """Calls running in the pool (all in flight when its capacity is unknown)."""
+        return self.in_flight if self.capacity is None else min(self.in_flight, self.capacity)
+
+    @property
+    def queued(self) -> int | None:
+        """Calls submitted and not started; None when the capacity is unknown.
+
+        Exact for a thread pool (an idle thread takes a call at once); for process and
+        Dask pools it assumes every child is alive and takes calls in order.
+        """
+        return None if self.capacity is None else max(0, self.in_flight - self.capacity)
 
     @override
     async def call(self, call: Call, timeout_s: float) -> Any:
+        submitted = time.time()
         future = self._submit(call)
+        self.in_flight += 1
         waiter = asyncio.wrap_future(future)
         loop = waiter.get_loop()
         # One timer handle that cancels the waiter, rather than asyncio.timeout(): this
         # is the per-call hot path, and cancelling the waiter also cancels a queued call.
         timer = loop.call_later(timeout_s, waiter.cancel) if timeout_s < math.inf else None
+        ended = True
         try:
-            return await waiter
+            started, result = await waiter
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # our caller is being cancelled: not this call's fault
             if timer is not None and loop.time() >= timer.when():
-                raise self._timed_out(future, timeout_s) from None
+                error = self._timed_out(future, timeout_s)
+                ended = error.still_running is None
+                raise error from None
             # The pool dropped the call (a Dask scheduler lost it, a pool shut down):
             # an error of this call, not a cancellation of our caller.
             raise StrategyError(f"{self.name} pool cancelled the call") from None
         finally:
             if timer is not None:
                 timer.cancel()
+            if ended:
+                self.in_flight -= 1
+        if self.queue_wait is not None:
+            self.queue_wait(call.worker, self.name, max(0.0, started - submitted))
+        return result
 
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
-        return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
+        return self.pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
 
     def _timed_out(
         self, future: concurrent.futures.Future[Any], timeout_s: float
@@ -66,7 +99,11 @@ class PoolStrategy(Strategy):
             running = asyncio.wrap_future(future)
             # Its result or error is nobody's any more: retrieved here, never logged.
             running.add_done_callback(_consume)
+            running.add_done_callback(self._ended)
         return CallTimeoutError(f"call exceeded its timeout of {timeout_s} s", running)
+
+    def _ended(self, _: object) -> None:
+        self.in_flight -= 1  # an abandoned call really ended (on the loop thread)
 
     @override
     async def aclose(self, timeout_s: float) -> None:
@@ -86,6 +123,7 @@ class PoolStrategy(Strategy):
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned call's outcome so that asyncio does not log it."""
     if not future.cancelled():
         future.exception()
 
@@ -96,7 +134,7 @@ class ThreadStrategy(PoolStrategy):
     name = "thread"
 
     def __init__(self, *, max_workers: int = 4) -> None:
-        self.max_workers = max_workers
+        self.max_workers = self.capacity = max_workers
         super().__init__(
             concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="loopwatch")
         )

@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
-from loopwatch.occupant import run_tracked
+from loopwatch.occupant import run_timed
 from loopwatch.strategies.base import Call
 from loopwatch.strategies.pool import PoolStrategy
 
@@ -66,7 +66,7 @@ class ProcessStrategy(PoolStrategy):
         start_method: StartMethod = "forkserver",
         max_tasks_per_child: int | None = None,
     ) -> None:
-        self.max_workers = max_workers
+        self.max_workers = self.capacity = max_workers
         self._start_method = start_method
         self._max_tasks_per_child = max_tasks_per_child
         self._lock = threading.Lock()
@@ -111,12 +111,12 @@ class ProcessStrategy(PoolStrategy):
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         pool = self.pool
         try:
-            return pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
+            return pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
         except BrokenProcessPool:
             self._replace(pool)
             if self.closed:
                 raise StrategyError("process pool is closed") from None
-            return self.pool.submit(run_tracked, call.worker, call.fn, call.args, call.kwargs)
+            return self.pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
 
     async def _reap(
         self, running: Awaitable[Any], pool: concurrent.futures.Executor, grace_s: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import assert_never
 
 import structlog
@@ -19,9 +20,15 @@ StrategyKey = tuple[StrategyName, str | None]
 class StrategySet:
     """Builds each strategy the first time a caller needs it and closes them all at the end."""
 
-    def __init__(self, settings: PoolSettings, occupant: Occupant) -> None:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        occupant: Occupant,
+        on_build: Callable[[StrategyKey, Strategy], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._occupant = occupant
+        self._on_build = on_build
         self._strategies: dict[StrategyKey, Strategy] = {}
         self._lock = asyncio.Lock()
 
@@ -50,6 +57,8 @@ class StrategySet:
             strategy = self._strategies.get(key)
             if strategy is None:
                 strategy = build_strategy(key[0], self.settings, self._occupant, key[1])
+                if self._on_build is not None:
+                    self._on_build(key, strategy)
                 try:
                     await strategy.start()
                 except BaseException:
@@ -67,6 +76,10 @@ class StrategySet:
         for key, strategy in old._strategies.items():
             if old._settings_of(key) == self._settings_of(key):
                 self._strategies[key] = strategy
+
+    def items(self) -> list[tuple[StrategyKey, Strategy]]:
+        """Every strategy built so far, with its key."""
+        return list(self._strategies.items())
 
     def retain(self, keys: set[StrategyKey]) -> None:
         """Forget the strategies of other keys (a set that still holds them closes them)."""

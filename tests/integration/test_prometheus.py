@@ -135,7 +135,7 @@ def test_alerts_and_dashboard_evaluate_on_live_data(
         'count_over_time(loopwatch_event_loop_lag_seconds_count{job="loopwatch"}[1m]) >= 3'
     )
     rules = prometheus.api("rules")["groups"][0]["rules"]
-    assert len(rules) == 6
+    assert len(rules) == 8
     for rule in rules:
         prometheus.query(rule["query"])  # raises unless Prometheus accepts and evaluates it
         assert rule["health"] in ("ok", "unknown"), rule
