@@ -27,7 +27,7 @@ def test_promtool_unit_tests_of_every_alert_pass() -> None:
     )
     tested = set(re.findall(r"alertname: (\w+)", tests.read_text()))
     assert alerts == tested
-    assert len(alerts) == 6
+    assert len(alerts) == 8
 
 
 def test_prometheus_config_and_rules_are_valid() -> None:
@@ -40,7 +40,7 @@ def test_prometheus_config_and_rules_are_valid() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_unit_verifies_with_only_the_exec_path_missing() -> None:

@@ -102,7 +102,10 @@ async def test_back_to_back_blocks_are_split_by_culprit(
     loop.call_soon(spin_longer, 0.6)
     await settle(watcher)
     [event] = stall_events(stalls)
-    seconds = {c["culprit"].rpartition(" ")[2]: c["seconds"] for c in event["culprits"]}
+    seconds: dict[str, float] = {}
+    for c in event["culprits"]:  # one function may appear under several causes
+        function = c["culprit"].rpartition(" ")[2]
+        seconds[function] = seconds.get(function, 0.0) + c["seconds"]
     assert seconds["spin"] == pytest.approx(0.3, rel=0.25)
     assert seconds["spin_longer"] == pytest.approx(0.6, rel=0.15)
     assert event["culprit"].endswith(" spin_longer")
