@@ -224,7 +224,8 @@ class StallWatchdog:
             if overdue >= threshold:
                 self._follow(beat)
                 continue
-            reading = self._read(healthy=True)
+            # Woken late, the watchdog itself was not run: the run-queue figure is news.
+            reading = self._read(healthy=perf_counter() - self._wake_due <= LATE_S)
             self._report_unseen(reading)
             self._baseline = reading
             self._throttle.flush()

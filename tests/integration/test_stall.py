@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -265,4 +268,31 @@ interval = 30.0
     assert culprit_function(stall) == "native_sum", stall
     assert "native_sum" in stall["dump"]
     assert stall["worker"] == "native", stall
+    assert daemon.stop() == 0
+
+
+def test_a_loop_the_os_does_not_run_is_starved(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """Pinned to one CPU beside a real-time hog: the loop waits on the run queue: starved.
+
+    (Not nice -20: with autogroup scheduling, nice only weighs within one session.)
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a real-time hog")
+    daemon = start_daemon(write_config(""))
+    daemon.wait_ready()
+    subprocess.run(["taskset", "-a", "-p", "0x1", str(daemon.pid)], check=True, capture_output=True)
+    hog = subprocess.Popen(
+        ["taskset", "0x1", "chrt", "-f", "50", sys.executable, "-c",
+         "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"],
+    )  # fmt: skip
+    try:
+        stall = daemon.wait_event(
+            "stall", lambda e: not e["ongoing"] and e["cause"] == "starved", timeout=20
+        )
+    finally:
+        hog.kill()
+        hog.wait()
+    assert stall["run_queue_wait"] >= 0.5 * stall["duration"], stall
     assert daemon.stop() == 0
