@@ -59,7 +59,9 @@ def build_app(
         cfg,
         config_path=config_path,
         metrics=metrics,
-        endpoint=MetricsEndpoint(cfg.metrics, registry) if cfg.metrics.port else None,
+        endpoint=MetricsEndpoint(cfg.metrics, registry, metrics.workers)
+        if cfg.metrics.port
+        else None,
         notifier=Notifier() if notifier is None else notifier,
         environ=os.environ if environ is None else environ,
         watcher=watcher,

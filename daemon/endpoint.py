@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from time import monotonic
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 
 from daemon.config import MetricsConfig
 from daemon.errors import ConfigError, EndpointError
+from daemon.worker_stats import WorkerCollector, fast_exposition
 
 log = structlog.get_logger("loopwatch.endpoint")
 
@@ -73,9 +74,17 @@ def _ssl_context(cfg: MetricsConfig) -> ssl.SSLContext | None:
 class MetricsEndpoint:
     """Serves ``registry`` at ``http(s)://host:port/metrics`` from threads of its own."""
 
-    def __init__(self, cfg: MetricsConfig, registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        cfg: MetricsConfig,
+        registry: CollectorRegistry,
+        workers: WorkerCollector | None = None,
+    ) -> None:
         self._cfg = cfg
         self._registry = registry
+        # Written directly rather than through prometheus-client: with hundreds of
+        # workers these are most of a scrape (see worker_stats).
+        self._worker_stats = workers
         self._listener: socket.socket | None = None
         self._ssl: ssl.SSLContext | None = None
         self._pending: OrderedDict[socket.socket, _Pending] = OrderedDict()
@@ -253,8 +262,16 @@ class MetricsEndpoint:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        encoder, content_type = choose_encoder(headers.get("accept", ""))
-        body = encoder(self._registry)
+        if self._worker_stats is not None:
+            # Always the text format (0.0.4): Prometheus accepts it, and the worker
+            # families are written in it directly.
+            with fast_exposition():
+                body = generate_latest(self._registry)
+            body += self._worker_stats.exposition()
+            content_type = CONTENT_TYPE_LATEST
+        else:
+            encoder, content_type = choose_encoder(headers.get("accept", ""))
+            body = encoder(self._registry)
         extra = ""
         if "gzip" in headers.get("accept-encoding", ""):
             body = gzip.compress(body, compresslevel=1)

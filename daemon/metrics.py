@@ -11,7 +11,6 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
@@ -20,18 +19,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from daemon import __version__
+from daemon.worker_stats import Buckets, WorkerCollector
 from loopwatch.metrics import WatchMetrics
 from loopwatch.strategies import CooperativeStrategy, PoolStrategy, Strategy
 from loopwatch.strategies.set import StrategyKey
 
-DURATION_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-# Queue waits: microseconds when a pool has room, seconds when it is saturated. Fewer
-# edges than durations: one more histogram per worker is the dearest part of a scrape.
-QUEUE_WAIT_BUCKETS = (0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0)
-OUTCOMES = ("ok", "error", "timeout", "cancelled")
 Pools = Callable[[], Iterable[tuple[StrategyKey, Strategy]]]
 
 
@@ -86,35 +78,12 @@ class Metrics:
             "How late the last ticker tick came.",
             registry=registry,
         )
-        self.task_duration = Histogram(
-            "loopwatch_task_duration_seconds",
-            "Duration of worker calls, as the worker saw them.",
-            ["worker", "strategy"],
-            buckets=DURATION_BUCKETS,
-            registry=registry,
-        )
-        self.task_queue_wait = Histogram(
-            "loopwatch_task_queue_wait_seconds",
-            "Time from submit to start of a call in its pool, measured where it starts.",
-            ["worker", "strategy"],
-            buckets=QUEUE_WAIT_BUCKETS,
-            registry=registry,
-        )
-        self._wait_children: dict[tuple[str, str], Any] = {}
+        # Worker call statistics: plain numbers on the hot path (see worker_stats).
+        self.workers = WorkerCollector()
+        registry.register(self.workers)
+        self._wait_buckets: dict[tuple[str, str], Buckets] = {}
         self.pools = PoolCollector()
         registry.register(self.pools)
-        self.tasks = Counter(
-            "loopwatch_tasks",
-            "Worker calls finished, by outcome.",
-            ["worker", "strategy", "outcome"],
-            registry=registry,
-        )
-        self.tasks_in_flight = Gauge(
-            "loopwatch_tasks_in_flight",
-            "Worker calls started and not finished.",
-            ["worker"],
-            registry=registry,
-        )
         self.worker_info = Info(
             "loopwatch_worker",
             "The current strategy and target of each worker.",
@@ -140,13 +109,12 @@ class Metrics:
         )
 
     def observe_queue_wait(self, worker: str, strategy: str, seconds: float) -> None:
-        """A pool call started ``seconds`` after it was submitted."""
-        child = self._wait_children.get((worker, strategy))
-        if child is None:
-            child = self._wait_children[(worker, strategy)] = self.task_queue_wait.labels(
-                worker, strategy
-            )
-        child.observe(seconds)
+        """A pool call started ``seconds`` after it was submitted (loop thread)."""
+        buckets = self._wait_buckets.get((worker, strategy))
+        if buckets is None:
+            buckets = self.workers.stats(worker, strategy).queue_wait
+            self._wait_buckets[(worker, strategy)] = buckets
+        buckets.observe(seconds)
 
     def attach(self, _: StrategyKey, strategy: Strategy) -> None:
         """Record what a freshly built strategy measures (StrategySet's on_build hook)."""

@@ -14,9 +14,9 @@ from typing import Any
 import structlog
 
 from daemon.config import WorkerConfig
-from daemon.metrics import OUTCOMES, Metrics
+from daemon.metrics import Metrics
 from loopwatch import targets
-from loopwatch.strategies import Call, Strategy
+from loopwatch.strategies import ON_LOOP, Call, Strategy
 from loopwatch.strategies.set import StrategyKey, StrategySet
 from loopwatch.throttle import LogThrottle
 
@@ -61,9 +61,7 @@ class Worker:
         self._failure_log = failure_log
         self._call = Call(targets.resolve(cfg.target), dict(cfg.kwargs), cfg.name)
         # Label children bound once: every microsecond on the per-call path shows.
-        self._duration = metrics.task_duration.labels(cfg.name, cfg.strategy)
-        self._outcomes = {o: metrics.tasks.labels(cfg.name, cfg.strategy, o) for o in OUTCOMES}
-        self._in_flight = metrics.tasks_in_flight.labels(cfg.name)
+        self._stats = metrics.workers.stats(cfg.name, cfg.strategy)
         self._slots: list[asyncio.Task[None]] = []
         self._calling: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -107,14 +105,15 @@ class Worker:
                 log.warning("worker_stop_stuck", worker=self.name, slots=len(stuck))
 
     def forget_metrics(self) -> None:
-        """Remove the per-worker gauge and info series of a worker that is gone."""
-        for metric in (self._metrics.worker_info, self._metrics.tasks_in_flight):
-            with contextlib.suppress(KeyError):
-                metric.remove(self.name)
+        """A worker that is gone: its info and in-flight series go (its counters stay)."""
+        with contextlib.suppress(KeyError):
+            self._metrics.worker_info.remove(self.name)
+        self._metrics.workers.forget(self.name)
 
     async def _slot(self) -> None:
         task = asyncio.current_task()
         assert task is not None
+        on_loop = self.cfg.strategy in ON_LOOP
         failures = 0
         while not self._stopping:
             self._calling.add(task)
@@ -126,11 +125,16 @@ class Worker:
                 return
             failures = 0 if ok else failures + 1
             jitter = random.uniform(0.5, 1.0) if failures else 1.0  # noqa: S311 - not crypto
-            await asyncio.sleep(backoff_s(self.cfg.interval, failures, jitter))
+            pause = backoff_s(self.cfg.interval, failures, jitter)
+            # A call in a pool always awaited its future: no extra loop turn is needed.
+            # One on the loop may never have: then sleep(0) lets the loop run.
+            if pause > 0 or on_loop:
+                await asyncio.sleep(pause)
 
     async def _call_once(self) -> bool:
         self.started += 1
-        self._in_flight.inc()
+        stats = self._stats
+        stats.in_flight += 1
         start = perf_counter()
         outcome = "error"
         still_running: Awaitable[Any] | None = None
@@ -150,17 +154,16 @@ class Worker:
         finally:
             self.finished += 1
             self.last_finished_at = end = perf_counter()
-            self._duration.observe(end - start)
-            self._outcomes[outcome].inc()
+            stats.finished(outcome, end - start)
             if still_running is None:
-                self._in_flight.dec()
+                stats.in_flight -= 1
         if still_running is not None:
             # A thread cannot be killed: the slot stays taken, and in flight, until it ends.
             try:
                 with contextlib.suppress(Exception):
                     await still_running
             finally:
-                self._in_flight.dec()
+                stats.in_flight -= 1
         return outcome == "ok"
 
     def _log_failure(self, error_type: str, message: str, exc: Exception | None = None) -> None:

@@ -23,7 +23,7 @@ from typing_extensions import override
 from loopwatch.errors import StrategyError
 from loopwatch.occupant import run_timed
 from loopwatch.strategies.base import Call
-from loopwatch.strategies.pool import PoolStrategy
+from loopwatch.strategies.pool import Expiry, PoolStrategy
 
 log = structlog.get_logger("loopwatch.dask")
 
@@ -77,6 +77,7 @@ class DaskStrategy(PoolStrategy):
         self.capacity = None if address else n_workers * threads_per_worker
         self.in_flight = 0
         self.queue_wait = None
+        self._expiry = Expiry()
         self._n_workers = n_workers
         self._threads_per_worker = threads_per_worker
         self.closed = False

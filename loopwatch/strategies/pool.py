@@ -7,6 +7,7 @@ import concurrent.futures
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ class PoolStrategy(Strategy):
         # Called with (worker, strategy, seconds) for every call that started: the time
         # from submit to start, measured in the pool where the call starts.
         self.queue_wait: Callable[[str, str, float], None] | None = None
+        self._expiry = Expiry()
 
     @property
     def busy(self) -> int:
@@ -61,9 +63,10 @@ class PoolStrategy(Strategy):
         self.in_flight += 1
         waiter = asyncio.wrap_future(future)
         loop = waiter.get_loop()
-        # One timer handle that cancels the waiter, rather than asyncio.timeout(): this
-        # is the per-call hot path, and cancelling the waiter also cancels a queued call.
-        timer = loop.call_later(timeout_s, waiter.cancel) if timeout_s < math.inf else None
+        deadline = loop.time() + timeout_s
+        if timeout_s < math.inf:
+            # Cancelling the waiter at the deadline also cancels a call still queued.
+            self._expiry.watch(loop, deadline, timeout_s, waiter)
         ended = True
         try:
             started, result = await waiter
@@ -71,7 +74,7 @@ class PoolStrategy(Strategy):
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # our caller is being cancelled: not this call's fault
-            if timer is not None and loop.time() >= timer.when():
+            if loop.time() >= deadline:
                 error = self._timed_out(future, timeout_s)
                 ended = error.still_running is None
                 raise error from None
@@ -79,8 +82,6 @@ class PoolStrategy(Strategy):
             # an error of this call, not a cancellation of our caller.
             raise StrategyError(f"{self.name} pool cancelled the call") from None
         finally:
-            if timer is not None:
-                timer.cancel()
             if ended:
                 self.in_flight -= 1
         if self.queue_wait is not None:
@@ -109,6 +110,7 @@ class PoolStrategy(Strategy):
     async def aclose(self, timeout_s: float) -> None:
         """Cancel queued calls; wait up to ``timeout_s`` for running ones (never killed)."""
         self.closed = True
+        self._expiry.close()
         pool = self.pool
         # shutdown(wait=True) in a daemon thread of its own: a pool thread stuck in a
         # target for good must neither block the loop nor the interpreter's exit.
@@ -120,6 +122,57 @@ class PoolStrategy(Strategy):
         )
         closer.start()
         await asyncio.to_thread(closer.join, timeout_s)
+
+
+class Expiry:
+    """Call deadlines without a timer per call: the per-call path is the hot path.
+
+    Calls of one timeout expire in the order they started, so a FIFO per timeout value
+    holds their deadlines, and one timer per FIFO fires at its head. Calls that end in
+    time (nearly all) are dropped from the head as new ones come: a deque append and a
+    pop, where a timer handle per call costs a heap push, a cancel and a heap cleanup.
+    Loop thread only.
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[float, deque[tuple[float, asyncio.Future[Any]]]] = {}
+        self._timers: dict[float, asyncio.TimerHandle] = {}
+
+    def watch(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        timeout_s: float,
+        waiter: asyncio.Future[Any],
+    ) -> None:
+        """Cancel ``waiter`` at ``deadline`` (``loop.time()``) unless it is done by then."""
+        queue = self._queues.get(timeout_s)
+        if queue is None:
+            queue = self._queues[timeout_s] = deque()
+        while queue and queue[0][1].done():
+            queue.popleft()
+        queue.append((deadline, waiter))
+        if timeout_s not in self._timers:
+            self._timers[timeout_s] = loop.call_at(deadline, self._fire, loop, timeout_s)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        queue = self._queues[timeout_s]
+        now = loop.time()
+        while queue and (queue[0][1].done() or queue[0][0] <= now):
+            _, waiter = queue.popleft()
+            if not waiter.done():
+                waiter.cancel()
+        if queue:
+            self._timers[timeout_s] = loop.call_at(queue[0][0], self._fire, loop, timeout_s)
+        else:
+            del self._timers[timeout_s]
+
+    def close(self) -> None:
+        """Stop the timers (the waiters are the callers' to end)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._queues.clear()
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
