@@ -243,12 +243,14 @@ class StallWatchdog:
         while True:
             reading = self._read()
             came_back = probe.last_beat != beat
-            if came_back and last is not None:
-                break
             # The first interval starts at the stall's start: back-dated to the first sample.
             begin = stall.start if last is None else prev.at
-            # Back before the first look: the loop's stack is of what came after.
+            # Back before this look: the loop's stack is of what came after.
             verdict, sample = self._look(prev, reading, stall, begin, sample_loop=not came_back)
+            if came_back and last is not None and sample.culprit.startswith("unknown"):
+                # The last stretch, seen only once over: its cause is known (a collection,
+                # a GIL hold), its code is most likely the last one sampled.
+                sample = Sample(last.culprit, last.worker, verdict.cause, last.stack, last.task)
             self._charge(stall, sample, max(0.0, reading.at - begin), verdict)
             prev, last = reading, sample
             if came_back:
