@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from loopwatch.errors import LoopwatchError, StrategyError, TargetError
+from loopwatch.errors import CallTimeoutError, LoopwatchError, StrategyError, TargetError
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.offload import run_sync
@@ -32,6 +32,7 @@ __all__ = [
     "STRATEGY_NAMES",
     "BlockingStrategy",
     "Call",
+    "CallTimeoutError",
     "CooperativeStrategy",
     "DaskStrategy",
     "ExecutorStrategy",
