@@ -332,7 +332,8 @@ def test_fuzzed_bytes_are_valid_or_a_config_error(tmp_path: Path, data: bytes) -
     except ConfigError as exc:
         assert str(path) in exc.message
     else:
-        assert cfg == DaemonConfig.model_validate(tomllib.loads(data.decode()))
+        # read_text reads newlines universally (a lone CR is a newline), as load_config does
+        assert cfg == DaemonConfig.model_validate(tomllib.loads(path.read_text("utf-8")))
 
 
 @pytest.mark.parametrize("strategy", ["process", "dask"])
