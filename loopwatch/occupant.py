@@ -55,5 +55,6 @@ class Occupant:
         # runs: a stall the watchdog could only look at after it ended (native code or a
         # collection held the GIL) is still put on its worker and target.
         self.last: tuple[str, targets.Target | None, float, float] = ("", None, 0.0, 0.0)
-        # Task -> "METHOD /route/{template}", set by the web middlewares per request.
-        self.requests: dict[asyncio.Task[Any], str] = {}
+        # Task -> its request (str() gives "METHOD /route/{template}"), set by the web
+        # middlewares per request and formatted only when a stall names it.
+        self.requests: dict[asyncio.Task[Any], object] = {}

@@ -257,7 +257,8 @@ class StallWatchdog:
             return None, None
         coro = task.get_coro()
         name = getattr(coro, "__qualname__", type(coro).__name__)
-        return f"{task.get_name()} ({name})", self._occupant.requests.get(task)
+        request = self._occupant.requests.get(task)
+        return f"{task.get_name()} ({name})", None if request is None else str(request)
 
     def _charge(
         self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict
