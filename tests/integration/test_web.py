@@ -1,4 +1,4 @@
-"""LoopwatchMiddleware under a real uvicorn serving FastAPI: the stall names the route."""
+"""loopwatch in web services: FastAPI under real uvicorn, and aiohttp's own server."""
 
 from __future__ import annotations
 
@@ -20,12 +20,17 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-class Uvicorn:
-    def __init__(self) -> None:
+SERVERS = {
+    "fastapi": ["-m", "uvicorn", "tests.asgi_app:app", "--log-level", "warning", "--port"],
+    "aiohttp": ["-m", "aiohttp.web", "-H", "127.0.0.1", "tests.aiohttp_app:make_app", "-P"],
+}
+
+
+class Server:
+    def __init__(self, kind: str) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.asgi_app:app", "--port", str(self.port),
-             "--log-level", "warning"],
+            [sys.executable, *SERVERS[kind], str(self.port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
@@ -62,16 +67,18 @@ class Uvicorn:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(20)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
-@pytest.fixture
-def server() -> Iterator[Uvicorn]:
-    running = Uvicorn()
+@pytest.fixture(params=sorted(SERVERS))
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    running = Server(request.param)
     yield running
     running.stop()
 
 
-def wait_for_stalls(server: Uvicorn, count: int) -> list[dict[str, object]]:
+def wait_for_stalls(server: Server, count: int) -> list[dict[str, object]]:
     deadline = time.monotonic() + 10
     while len(found := server.stalls()) < count and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -79,14 +86,14 @@ def wait_for_stalls(server: Uvicorn, count: int) -> list[dict[str, object]]:
 
 
 def test_a_blocking_handler_is_named_by_route_and_line_and_the_fix_removes_it(
-    server: Uvicorn,
+    server: Server,
 ) -> None:
     """The stall names `GET /items/{item_id}` and the handler's line; offloaded: no stall."""
     assert json.loads(server.get("/items/7")) == {"item_id": 7}
     [stall] = wait_for_stalls(server, 1)
     assert stall["request"] == "GET /items/{item_id}"
     assert str(stall["culprit"]).endswith(" read_item")
-    assert "tests/asgi_app.py:" in str(stall["culprit"])
+    assert "_app.py:" in str(stall["culprit"])
     assert stall["cause"] == "wait"
     assert server.value("loopwatch_event_loop_blocked_seconds_total", worker="", cause="wait") > 0.2
     over = server.value("loopwatch_event_loop_lag_seconds_count") - server.value(
