@@ -59,7 +59,8 @@ class StallWatchdog:
         self._occupant = occupant
         self._emit = emit if emit is not None else _log_stall
         self._throttle = LogThrottle(self._emit, aggregate_window_s, value_name="duration")
-        self._dump = NativeDump(dump_after_s) if dump_after_s > 0 else None
+        self._dump_after_s = dump_after_s
+        self._dump: NativeDump | None = None
         self._gc = causes.GcTracker()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,7 +79,10 @@ class StallWatchdog:
         self._loop_native_id = threading.get_native_id()
         self._stopped.clear()
         self._gc.install()
-        if self._dump is not None:
+        if self._dump_after_s > 0:
+            # A pipe per start: stop closes it, and a watcher may be started again (an
+            # ASGI app's lifespan, run once per test client).
+            self._dump = NativeDump(self._dump_after_s)
             self._dump.keep_armed()  # now: the first call may hold the GIL before we run
         self._metrics.event_loop_stall.set_function(self.current_stall_s)
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
@@ -93,6 +97,7 @@ class StallWatchdog:
         self._gc.uninstall()
         if self._dump is not None:
             self._dump.close()
+            self._dump = None
         self._throttle.flush(force=True)
         self._metrics.event_loop_stall.set_function(lambda: 0.0)
 

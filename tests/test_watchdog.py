@@ -242,3 +242,18 @@ async def test_a_stall_outside_any_worker_names_the_running_task(
     assert event["worker"] is None
     assert event["task"].startswith("request-42 (")
     assert "handler" in event["task"]
+
+
+async def test_a_watcher_started_again_watches_again(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """Stop, then start again (a lifespan run twice): stalls are seen and dumps still work."""
+    watcher = await watched(registry, dump_after=0.2)
+    watcher.stop()
+    watcher.start()
+    await asyncio.sleep(0.05)
+    test_targets.native_sum(60_000_000)
+    await settle(watcher)
+    event = max(stall_events(stalls), key=lambda e: e["duration"])
+    assert event["culprit"].endswith(" native_sum")
+    assert "native_sum" in event["dump"]
