@@ -151,7 +151,7 @@ class WorkerCollector(Collector):
                 if family is wait and not any(s.queue_wait.counts):
                     continue  # on-loop strategies have no queue
                 cumulative = buckets.cumulative()
-                edges = [*map(_number, buckets.bounds), "+Inf"]
+                edges = _edges(buckets.bounds)
                 family.add_metric(key, list(zip(edges, cumulative, strict=True)), buckets.total)
             if s.live:
                 in_flight.add_metric([s.worker], s.in_flight)

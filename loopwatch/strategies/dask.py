@@ -1,8 +1,9 @@
 """The ``dask`` strategy: calls run on a Dask cluster (``loopwatch[dask]``).
 
-The client runs in synchronous mode, on its own IO thread, and calls go through its
-``concurrent.futures`` interface: the daemon's loop only waits on futures, so neither
-the scheduler's chatter nor (de)serialization ever runs on it.
+The client runs in synchronous mode, on its own IO thread; each call is a Dask future
+bridged to a ``concurrent.futures`` one (so that a call given up on can be cancelled on
+the cluster): the daemon's loop only waits on futures, so neither the scheduler's
+chatter nor (de)serialization ever runs on it.
 ``distributed`` is imported only when a strategy connects. ``pure=False`` because
 Dask would otherwise cache the result of identical calls and never run them again.
 """
@@ -134,7 +135,6 @@ class DaskStrategy(PoolStrategy):
                     self._cluster = None
                 raise StrategyError("dask strategy closed while connecting")
             self._client = client
-            self.pool = client.get_executor(pure=False)
 
     @override
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
