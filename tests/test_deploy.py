@@ -110,3 +110,18 @@ def test_committed_dashboard_is_what_the_generator_makes() -> None:
     assert {"heatmap", "timeseries", "stat", "table"} <= types
     refs = [t["refId"] for p in board["panels"] for t in p.get("targets", [])]
     assert all(refs)
+
+
+def test_dashboard_lists_services_that_embed_the_library() -> None:
+    """The job and instance pickers read a series every watched loop exports, not the daemon's."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from loopwatch import WatchMetrics
+
+    registry = CollectorRegistry()
+    WatchMetrics.on(registry)
+    exported = generate_latest(registry).decode()
+    board = json.loads((DEPLOY / "grafana/dashboards/loopwatch.json").read_text())
+    for variable in board["templating"]["list"][1:]:
+        [series] = re.findall(r"label_values\((\w+)", variable["query"])
+        assert re.search(rf"^{series}[{{ ]", exported, re.MULTILINE), variable["query"]
