@@ -5,13 +5,27 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from types import GeneratorType
 from typing import Any, cast
 
 from loopwatch.errors import TargetError
 
 Target = Callable[..., Any]
+
+
+def prepend_import_path(directories: Sequence[str]) -> None:
+    """Put ``directories`` first on ``sys.path``, in order, each once.
+
+    Children started by ``spawn`` or ``forkserver`` inherit ``sys.path`` from the process
+    that starts them (the forkserver from the moment it starts), so they import the same.
+    """
+    for directory in reversed(directories):
+        if directory in sys.path:
+            sys.path.remove(directory)
+        sys.path.insert(0, directory)
+    importlib.invalidate_caches()
 
 
 def resolve(path: str) -> Target:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,22 @@ def test_a_worker_interval_of_inf_is_refused(tmp_path: Path) -> None:
     assert any(
         line.startswith("workers[0].interval: Input should be a finite number") for line in found
     ), found
+
+
+def test_a_config_with_problems_leaves_sys_path_as_it_was(tmp_path: Path) -> None:
+    """A reload that fails changes nothing, sys.path included."""
+    src = tmp_path / "src"
+    src.mkdir()
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[daemon]\nimport_path = ["src"]\n[[workers]]\nname = "w"\ntarget = "no_such_mod:f"\n'
+    )
+    before = list(sys.path)
+    with pytest.raises(ConfigError, match="no_such_mod"):
+        load_config(path, {})
+    assert sys.path == before
+    (src / "no_such_mod.py").write_text("def f() -> None: ...\n")
+    cfg = load_config(path, {})
+    assert cfg.daemon.import_path == (str(src),)
+    assert sys.path[0] == str(src)
+    sys.path[:] = before
