@@ -21,12 +21,14 @@ $(VENV)/.installed-dev: $(BIN)/activate pyproject.toml
 run: $(VENV)/.installed
 	$(BIN)/loopwatch run
 
-# Debian's prometheus (promtool, and a real server for the integration tests) when
-# running as root; otherwise the tests that need it skip (or fail under CI=true).
+# Debian's prometheus (promtool, and a real server for the integration tests), systemd
+# and tmux (a real terminal for `loopwatch top`) when running as root; otherwise the tests
+# that need them skip (or fail under CI=true).
 deps-system:
 	@missing=""; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -59,7 +59,7 @@ def build_app(
         cfg,
         config_path=config_path,
         metrics=metrics,
-        endpoint=MetricsEndpoint(cfg.metrics, registry, metrics.workers)
+        endpoint=MetricsEndpoint(cfg.metrics, registry, metrics.workers, watcher.recent_stalls)
         if cfg.metrics.port
         else None,
         notifier=Notifier() if notifier is None else notifier,

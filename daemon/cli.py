@@ -1,10 +1,11 @@
-"""Command line: args -> config -> run/check/bench. The only place that exits or has exit codes."""
+"""Command line: args -> config -> run/check/top/bench. The only place with exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import math
 import os
 import resource
 import sys
@@ -17,7 +18,7 @@ import structlog
 
 import loopwatch
 from daemon import __version__
-from daemon.config import DaemonConfig, config_path_from_env, load_config
+from daemon.config import DaemonConfig, MetricsConfig, config_path_from_env, load_config
 from daemon.errors import ConfigError, EndpointError, LoopwatchError
 
 EXIT_OK = 0
@@ -42,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
             "-c", "--config", type=Path, metavar="PATH",
             help="config file (default: $LOOPWATCH_CONFIG, else the embedded default)",
         )  # fmt: skip
+    top = commands.add_parser(
+        "top", help="a live view of a running daemon", description="a live view of a running daemon"
+    )
+    source = top.add_mutually_exclusive_group()
+    source.add_argument(
+        "-c", "--config", type=Path, metavar="PATH",
+        help="the daemon's config, for its endpoint (default: as for run)",
+    )  # fmt: skip
+    source.add_argument(
+        "--url", metavar="URL", help="a metrics endpoint, e.g. http://host:9321/metrics"
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    top.add_argument(
+        "--interval", type=_positive_seconds, default=1.0, metavar="S",
+        help="seconds between scrapes (default 1)",
+    )  # fmt: skip
     bench = commands.add_parser("bench", help="benchmark the strategies on this machine")
     bench.add_argument("--quick", action="store_true", help="shorter runs (under 3 minutes)")
     bench.add_argument("--out", type=Path, default=Path("bench-results"), metavar="DIR")
@@ -50,6 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=float, default=None, help="seconds per cell")
     bench.add_argument("--overhead", action="store_true", help="only the offload-overhead part")
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.05 <= value <= 3600:  # also false for nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds from 0.05 to 3600")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -69,6 +96,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             print(f"loopwatch: {exc}", file=sys.stderr)
             return EXIT_CONFIG
         return EXIT_OK
+    if args.command == "top" and args.url is not None:
+        return _top(args, None)
+    return _with_config(args)
+
+
+def _with_config(args: argparse.Namespace) -> int:
     path = config_path_from_env(args.config, os.environ)
     try:
         cfg = load_config(path)
@@ -78,7 +111,38 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         print(cfg.model_dump_json(indent=2))
         return EXIT_OK
+    if args.command == "top":
+        return _top(args, cfg.metrics)
     return _run_daemon(cfg, path)
+
+
+def _top(args: argparse.Namespace, metrics: MetricsConfig | None) -> int:
+    from rich.console import Console  # noqa: PLC0415 - only top draws
+
+    from daemon import top  # noqa: PLC0415
+
+    if metrics is not None and not metrics.port:
+        print("loopwatch top: metrics.port is 0 in this config: no endpoint", file=sys.stderr)
+        return EXIT_CONFIG
+    url = args.url if metrics is None else top.url_from_config(metrics)
+    reader = top.Reader(url, cafile=None if metrics is None else metrics.tls_cert)
+    console = Console()
+    try:
+        view = top.first_view(reader, args.interval)
+    except top.ScrapeError as exc:
+        print(
+            f"loopwatch top: cannot read {url}: {exc}. Is the daemon running (`loopwatch run`)?",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    if args.once:
+        console.print(view.render())
+        return EXIT_OK
+    with contextlib.suppress(KeyboardInterrupt):
+        top.live(reader, view, args.interval, console)
+    return EXIT_OK
 
 
 def exit_code_for(failure: LoopwatchError | None) -> int:

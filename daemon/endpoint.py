@@ -12,14 +12,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import json
 import selectors
 import socket
 import ssl
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import monotonic
+from typing import Any
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -79,9 +82,11 @@ class MetricsEndpoint:
         cfg: MetricsConfig,
         registry: CollectorRegistry,
         workers: WorkerCollector | None = None,
+        stalls: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._cfg = cfg
         self._registry = registry
+        self._stalls = stalls
         # Written directly rather than through prometheus-client: with hundreds of
         # workers these are most of a scrape (see worker_stats).
         self._worker_stats = workers
@@ -256,6 +261,8 @@ class MetricsEndpoint:
         method, target = parts[0], parts[1].split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return _plain(405, "Method Not Allowed")
+        if target == "/stalls" and self._stalls is not None:
+            return _ok(method, json.dumps({"stalls": self._stalls()}).encode(), "application/json")
         if target not in ("/metrics", "/"):
             return _plain(404, "Not Found")
         headers = {}
@@ -272,15 +279,20 @@ class MetricsEndpoint:
         else:
             encoder, content_type = choose_encoder(headers.get("accept", ""))
             body = encoder(self._registry)
-        extra = ""
-        if "gzip" in headers.get("accept-encoding", ""):
-            body = gzip.compress(body, compresslevel=1)
-            extra = "Content-Encoding: gzip\r\n"
-        status = (
-            f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-            f"{extra}Connection: close\r\n\r\n"
-        )
-        return status.encode() + (b"" if method == "HEAD" else body)
+        gzipped = "gzip" in headers.get("accept-encoding", "")
+        return _ok(method, body, content_type, gzipped=gzipped)
+
+
+def _ok(method: str, body: bytes, content_type: str, *, gzipped: bool = False) -> bytes:
+    extra = ""
+    if gzipped:
+        body = gzip.compress(body, compresslevel=1)
+        extra = "Content-Encoding: gzip\r\n"
+    status = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
+    return status.encode() + (b"" if method == "HEAD" else body)
 
 
 def _plain(code: int, reason: str) -> bytes:

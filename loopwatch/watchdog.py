@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -37,6 +39,9 @@ SAMPLE_S = 0.01
 ONGOING_AFTER_S = 0.5
 # The watchdog woke this much later than it asked: some thread held the GIL meanwhile.
 LATE_S = 0.02
+# Finished stalls kept for a live view (``loopwatch top``), newest last.
+RECENT_STALLS = 20
+SUMMARY_KEYS = ("duration", "cause", "culprit", "worker", "request", "task")
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -71,6 +76,7 @@ class StallWatchdog:
         self._wake_due = 0.0
         self._reported_beat = 0.0
         self.stalls = 0
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_STALLS)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start watching ``loop`` (call from the loop's thread)."""
@@ -276,6 +282,8 @@ class StallWatchdog:
 
     def _report(self, stall: Stall, duration: float, *, ongoing: bool) -> None:
         fields = stall.fields(duration, ongoing=ongoing)
+        if not ongoing:
+            self.recent.append(_summary(fields))
         if not stall.counted:
             stall.counted = True
             self.stalls += 1
@@ -285,6 +293,12 @@ class StallWatchdog:
                 self._throttle.offer((fields["worker"], fields["culprit"]), fields, duration)
                 return
         self._emit(fields)
+
+
+def _summary(fields: dict[str, Any]) -> dict[str, Any]:
+    """A finished stall as ``recent`` keeps it: when it ended, and what held the loop."""
+    kept = {k: fields[k] for k in SUMMARY_KEYS if fields.get(k) is not None}
+    return {"at": round(time.time(), 3), **kept}
 
 
 def _definition(fn: Any) -> str | None:

@@ -6,6 +6,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -83,6 +84,13 @@ class Watcher:
     def stalls(self) -> int:
         """Stalls reported so far."""
         return self.watchdog.stalls
+
+    def recent_stalls(self) -> list[dict[str, Any]]:
+        """The last finished stalls (up to 20), oldest first: when each ended, and its culprit.
+
+        Safe to call from any thread.
+        """
+        return list(self.watchdog.recent)
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start watching ``loop`` (the running loop when None), from its thread."""

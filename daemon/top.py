@@ -1,0 +1,356 @@
+"""``loopwatch top``: a live view of a running daemon, read from its metrics endpoint.
+
+Every ``interval`` it scrapes ``/metrics`` (and ``/stalls``, the last finished stalls with
+their culprits, which only the daemon's endpoint serves) and shows what changed since the
+previous scrape: the loop's lag quantiles and a sparkline of them, utilization, the stall
+in progress, the last stalls, each worker's rates and latencies, and how full each pool
+is. It reads nothing else, so it works against any process that exports loopwatch's
+metrics, a service embedding the library included.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from daemon.config import MetricsConfig
+
+Labels = tuple[tuple[str, str], ...]
+Samples = dict[tuple[str, Labels], float]
+
+LAG = "loopwatch_event_loop_lag_seconds"
+SPARK = "▁▂▃▄▅▆▇█"
+# Sparkline levels on a fixed scale (seconds): a glance tells 1 ms from 100 ms.
+SPARK_LEVELS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+HISTORY = 60
+SHOWN_STALLS = 5
+
+
+class ScrapeError(Exception):
+    """The endpoint did not answer with metrics."""
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One reading of the endpoint."""
+
+    at: float
+    samples: Samples
+    stalls: list[dict[str, Any]] = field(default_factory=list)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sample ``name{labels}``, None when absent."""
+        return self.samples.get((name, tuple(sorted(labels.items()))))
+
+    def series(self, name: str) -> Iterator[tuple[dict[str, str], float]]:
+        """Every sample of ``name``, with its labels."""
+        for (sample, labels), value in self.samples.items():
+            if sample == name:
+                yield dict(labels), value
+
+
+def url_from_config(cfg: MetricsConfig) -> str:
+    """Where a daemon run with ``cfg`` serves its metrics, as seen from this host."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)  # noqa: S104
+    host = f"[{host}]" if ":" in host else host
+    scheme = "https" if cfg.tls_cert else "http"
+    return f"{scheme}://{host}:{cfg.port}/metrics"
+
+
+class Reader:
+    """Scrapes one endpoint; a TLS endpoint is trusted by the certificate it is given."""
+
+    def __init__(self, url: str, cafile: str | None = None, timeout_s: float = 3.0) -> None:
+        self.url = url
+        self._stalls_url = url.rsplit("/", 1)[0] + "/stalls"
+        self._timeout_s = timeout_s
+        self._ssl: ssl.SSLContext | None = None
+        if url.startswith("https:"):
+            self._ssl = ssl.create_default_context(cafile=cafile)
+            self._ssl.check_hostname = False  # the daemon's certificate, read from its config
+
+    def scrape(self) -> Scrape:
+        """Read the endpoint now; raises ScrapeError saying why."""
+        try:
+            text = self._get(self.url)
+        except (OSError, ValueError) as exc:
+            raise ScrapeError(_reason(exc)) from None
+        try:
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+            }
+        except ValueError as exc:
+            raise ScrapeError(f"not a metrics endpoint ({exc})") from None
+        if (LAG + "_count", ()) not in samples:
+            raise ScrapeError("no loopwatch metrics there (is it a loopwatch endpoint?)")
+        return Scrape(time.monotonic(), samples, self._recent_stalls())
+
+    def _recent_stalls(self) -> list[dict[str, Any]]:
+        with suppress(OSError, ValueError):
+            stalls = json.loads(self._get(self._stalls_url)).get("stalls", [])
+            if isinstance(stalls, list):
+                return [s for s in stalls if isinstance(s, dict)]
+        return []  # not the daemon's endpoint: a service's /metrics has no /stalls
+
+    def _get(self, url: str) -> str:
+        with urllib.request.urlopen(url, timeout=self._timeout_s, context=self._ssl) as response:  # noqa: S310 - http(s) only, from the config or the user
+            return str(response.read().decode("utf-8"))
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def quantile(buckets: Iterable[tuple[float, float]], q: float) -> float | None:
+    """``histogram_quantile`` of cumulative ``(le, count)`` buckets; None when empty."""
+    ranked = sorted(buckets)
+    if not ranked or ranked[-1][1] <= 0:
+        return None
+    rank = q * ranked[-1][1]
+    lower_le, lower_count = 0.0, 0.0
+    for le, count in ranked:
+        if count >= rank:
+            if math.isinf(le):
+                return lower_le  # the highest finite bound, as Prometheus does
+            span = count - lower_count
+            return lower_le + (le - lower_le) * ((rank - lower_count) / span if span else 1.0)
+        lower_le, lower_count = le, count
+    return lower_le
+
+
+def delta_quantile(prev: Scrape, cur: Scrape, name: str, q: float, **labels: str) -> float | None:
+    """The ``q`` quantile of the observations of histogram ``name`` between two scrapes."""
+    buckets = []
+    for found, value in cur.series(name + "_bucket"):
+        le = found.pop("le")
+        if found != labels:
+            continue
+        before = prev.value(name + "_bucket", le=le, **labels) or 0.0
+        buckets.append((float(le), value - before))
+    return quantile(buckets, q)
+
+
+def rate(prev: Scrape, cur: Scrape, name: str, **labels: str) -> float | None:
+    """Per-second increase of counter ``name`` between two scrapes."""
+    now, before = cur.value(name, **labels), prev.value(name, **labels)
+    if now is None or before is None or cur.at <= prev.at:
+        return None
+    return max(0.0, now - before) / (cur.at - prev.at)
+
+
+def sparkline(values: Iterable[float]) -> str:
+    """One character per value, on the fixed scale of ``SPARK_LEVELS``."""
+    return "".join(SPARK[sum(v >= level for level in SPARK_LEVELS)] for v in values)
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+@dataclass
+class View:
+    """What ``top`` shows, built from successive scrapes."""
+
+    url: str
+    lag_p99: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
+    prev: Scrape | None = None
+    cur: Scrape | None = None
+    problem: str | None = None
+
+    def add(self, scrape: Scrape) -> None:
+        """Take a new scrape; the interval since the previous one is what is shown."""
+        self.prev, self.cur, self.problem = self.cur, scrape, None
+        if self.prev is not None and _restarted(self.prev, scrape):
+            self.prev = None  # counters started again from zero: no interval to show yet
+        if self.prev is not None:
+            p99 = delta_quantile(self.prev, scrape, LAG, 0.99)
+            if p99 is not None:
+                self.lag_p99.append(p99)
+
+    def render(self) -> RenderableType:
+        """The whole screen."""
+        title = Text.assemble(("loopwatch top", "bold"), f"  {self.url}")
+        if self.problem is not None:
+            title.append(f"  unreachable: {self.problem} (retrying)", style="bold red")
+        if self.cur is None or self.prev is None:
+            return Group(title, Text("waiting for two scrapes..."))
+        return Group(
+            title, self._loop(), self._stalls(), self._workers(self.prev, self.cur), self._pools()
+        )
+
+    def _loop(self) -> Table:
+        assert self.prev is not None
+        assert self.cur is not None
+        prev, cur = self.prev, self.cur
+        grid = Table.grid(padding=(0, 2))
+        p50 = delta_quantile(prev, cur, LAG, 0.5)
+        p99 = delta_quantile(prev, cur, LAG, 0.99)
+        busy = rate(prev, cur, "loopwatch_event_loop_busy_seconds_total")
+        stall_now = cur.value("loopwatch_event_loop_stall_seconds") or 0.0
+        total = cur.value("loopwatch_event_loop_stalls_total") or 0.0
+        lag_style = "red" if (p99 or 0.0) >= 0.1 else "yellow" if (p99 or 0.0) >= 0.01 else "green"
+        grid.add_row(
+            Text("loop lag", style="bold"),
+            Text(f"p50 {_ms(p50)}  p99 {_ms(p99)}", style=lag_style),
+            Text(sparkline(self.lag_p99), style=lag_style),
+        )
+        grid.add_row(
+            Text("utilization", style="bold"),
+            Text("-" if busy is None else f"{min(busy, 1.0):.0%}"),
+            Text("" if busy is not None else "(needs loopwatch.new_event_loop())", style="dim"),
+        )
+        now = (
+            Text(f"STALL IN PROGRESS: {stall_now:.1f} s", style="bold white on red")
+            if stall_now > 0
+            else Text("none in progress", style="green")
+        )
+        grid.add_row(Text("stalls", style="bold"), now, Text(f"{total:.0f} since start"))
+        return grid
+
+    def _stalls(self) -> RenderableType:
+        assert self.cur is not None
+        recent = self.cur.stalls[-SHOWN_STALLS:]
+        table = Table(
+            title="last stalls", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+        )
+        for column in ("ended", "duration", "cause", "culprit", "worker / request"):
+            table.add_column(column, overflow="fold")
+        for stall in reversed(recent):
+            ended = time.strftime("%H:%M:%S", time.localtime(float(stall.get("at", 0.0))))
+            who = stall.get("worker") or stall.get("request") or stall.get("task") or ""
+            table.add_row(
+                ended,
+                _ms(float(stall.get("duration", 0.0))),
+                str(stall.get("cause", "")),
+                _short(str(stall.get("culprit", ""))),
+                str(who),
+            )
+        if not recent:
+            table.add_row("-", "", "", "no stall yet", "")
+        return table
+
+    def _workers(self, prev: Scrape, cur: Scrape) -> Table:
+        table = Table(
+            title="workers",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        table.add_column("worker", min_width=6, overflow="fold")
+        table.add_column("strategy", min_width=11)
+        for column in ("calls/s", "active", "errors", "timeouts", "p99 call", "p99 wait"):
+            table.add_column(column, justify="right", no_wrap=True)
+        for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
+            worker, strategy = labels["worker"], labels["strategy"]
+            keys = {"worker": worker, "strategy": strategy}
+            calls = sum(
+                rate(prev, cur, "loopwatch_tasks_total", **keys, outcome=outcome) or 0.0
+                for outcome in ("ok", "error", "timeout", "cancelled")
+            )
+            errors = cur.value("loopwatch_tasks_total", **keys, outcome="error") or 0.0
+            timeouts = cur.value("loopwatch_tasks_total", **keys, outcome="timeout") or 0.0
+            table.add_row(
+                worker,
+                strategy,
+                f"{calls:.1f}",
+                f"{cur.value('loopwatch_tasks_in_flight', worker=worker) or 0.0:.0f}",
+                Text(f"{errors:.0f}", style="red" if errors else ""),
+                Text(f"{timeouts:.0f}", style="red" if timeouts else ""),
+                _ms(delta_quantile(prev, cur, "loopwatch_task_duration_seconds", 0.99, **keys)),
+                _ms(delta_quantile(prev, cur, "loopwatch_task_queue_wait_seconds", 0.99, **keys)),
+            )
+        if table.row_count == 0:
+            table.add_row("-", "no workers", "", "", "", "", "", "")
+        return table
+
+    def _pools(self) -> Table:
+        assert self.cur is not None
+        cur = self.cur
+        table = Table(
+            title="pools",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        for column in ("executor", "busy", "capacity", "queued", "saturation"):
+            table.add_column(column, justify="left" if column == "executor" else "right")
+        pools = sorted(cur.series("loopwatch_executor_busy"), key=lambda s: s[0]["executor"])
+        for labels, busy in pools:
+            executor = labels["executor"]
+            capacity = cur.value("loopwatch_executor_workers", executor=executor)
+            queued = cur.value("loopwatch_executor_queued", executor=executor) or 0.0
+            share = busy / capacity if capacity else None
+            style = "red" if queued else "yellow" if share is not None and share >= 1 else ""
+            table.add_row(
+                executor,
+                f"{busy:.0f}",
+                "-" if capacity is None else f"{capacity:.0f}",
+                Text(f"{queued:.0f}", style=style),
+                Text("-" if share is None else _bar(share), style=style),
+            )
+        if table.row_count == 0:
+            table.add_row("-", "", "", "", "no pools")
+        return table
+
+
+def _short(culprit: str) -> str:
+    """``/srv/app/src/shop/prices.py:12 fn`` as ``shop/prices.py:12 fn``: the part that differs."""
+    where, _, function = culprit.partition(" ")
+    parts = where.split("/")
+    return "/".join(parts[-2:]) + (f" {function}" if function else "")
+
+
+def _restarted(prev: Scrape, cur: Scrape) -> bool:
+    return (cur.value(LAG + "_count") or 0.0) < (prev.value(LAG + "_count") or 0.0)
+
+
+def _bar(share: float, width: int = 10) -> str:
+    filled = round(min(share, 1.0) * width)
+    return "█" * filled + "·" * (width - filled) + f" {share:.0%}"
+
+
+def first_view(reader: Reader, interval_s: float) -> View:
+    """Two scrapes ``interval_s`` apart: the view of that interval. Raises ScrapeError."""
+    view = View(reader.url)
+    view.add(reader.scrape())
+    time.sleep(interval_s)
+    view.add(reader.scrape())
+    return view
+
+
+def live(reader: Reader, view: View, interval_s: float, console: Console) -> None:
+    """Refresh ``view`` every ``interval_s`` until interrupted; an outage is shown, not fatal."""
+    with Live(view.render(), console=console, auto_refresh=False, screen=False) as screen:
+        while True:
+            time.sleep(interval_s)
+            try:
+                view.add(reader.scrape())
+            except ScrapeError as exc:
+                view.problem = str(exc)
+            screen.update(view.render(), refresh=True)

@@ -1,0 +1,79 @@
+"""The arithmetic behind ``loopwatch top``: quantiles of an interval, rates, the sparkline."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.config import MetricsConfig
+from daemon.top import LAG, Scrape, View, delta_quantile, quantile, rate, sparkline, url_from_config
+
+
+def scrape_of(registry: CollectorRegistry, at: float) -> Scrape:
+    text = generate_latest(registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return Scrape(at, samples)
+
+
+def test_quantile_interpolates_within_a_bucket_as_prometheus_does() -> None:
+    buckets = [(0.01, 50.0), (0.1, 100.0), (math.inf, 100.0)]
+    assert quantile(buckets, 0.5) == pytest.approx(0.01)
+    assert quantile(buckets, 0.75) == pytest.approx(0.055)
+    assert quantile([(0.01, 0.0), (math.inf, 0.0)], 0.5) is None
+    assert quantile([(0.01, 0.0), (math.inf, 4.0)], 0.99) == 0.01  # +Inf: the highest bound
+
+
+def test_delta_quantile_and_rate_read_only_the_interval() -> None:
+    """Old fast samples do not hide a slow interval: quantiles come from bucket deltas."""
+    registry = CollectorRegistry()
+    lag = Histogram(LAG, "lag", buckets=(0.001, 0.01, 0.1, 1.0), registry=registry)
+    for _ in range(1000):
+        lag.observe(0.0005)
+    before = scrape_of(registry, at=10.0)
+    for _ in range(10):
+        lag.observe(0.5)
+    after = scrape_of(registry, at=12.0)
+    assert delta_quantile(before, after, LAG, 0.5) == pytest.approx(0.55)
+    assert rate(before, after, LAG + "_count") == pytest.approx(5.0)
+    view = View("http://x/metrics")
+    view.add(before)
+    view.add(after)
+    assert list(view.lag_p99) == [pytest.approx(0.991)]
+
+
+def test_a_restarted_endpoint_starts_a_new_interval() -> None:
+    registry = CollectorRegistry()
+    lag = Histogram(LAG, "lag", registry=registry)
+    lag.observe(0.001)
+    lag.observe(0.001)
+    view = View("http://x/metrics")
+    view.add(scrape_of(registry, at=1.0))
+    fresh = CollectorRegistry()
+    Histogram(LAG, "lag", registry=fresh).observe(0.001)
+    view.add(scrape_of(fresh, at=2.0))
+    assert view.prev is None
+    assert not view.lag_p99
+
+
+def test_sparkline_is_on_a_fixed_scale() -> None:
+    assert sparkline([0.0, 0.0015, 0.003, 0.007, 0.02, 0.04, 0.07, 2.0]) == "▁▂▃▄▅▆▇█"
+
+
+@pytest.mark.parametrize(
+    ("cfg", "url"),
+    [
+        (MetricsConfig(), "http://127.0.0.1:9321/metrics"),
+        (MetricsConfig(host="0.0.0.0", port=9400), "http://127.0.0.1:9400/metrics"),
+        (MetricsConfig(host="::", port=9400), "http://[::1]:9400/metrics"),
+        (MetricsConfig(tls_cert="c.pem", tls_key="k.pem"), "https://127.0.0.1:9321/metrics"),
+    ],
+)
+def test_url_from_config_is_where_the_daemon_listens(cfg: MetricsConfig, url: str) -> None:
+    assert url_from_config(cfg) == url
