@@ -170,6 +170,16 @@ class WorkerConfig(_Model):
     interval: NonNegativeFloat = 0.0
     timeout: PositiveFloat = 30.0
     executor: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    # A client made once per thread (process, Dask worker thread; once on the loop for
+    # on-loop strategies) by setup(**setup_kwargs); the target gets it as first argument.
+    setup: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    setup_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _setup_kwargs_only_with_setup(self) -> Self:
+        if self.setup_kwargs and self.setup is None:
+            raise ValueError('setup_kwargs needs setup = "module:function"')
+        return self
 
     @model_validator(mode="after")
     def _executor_only_with_executor_strategy(self) -> Self:
@@ -396,6 +406,8 @@ def _check_workers(cfg: DaemonConfig) -> list[str]:
             problems.extend(_check_target_kind(where, worker, fn))
             if worker.strategy in PICKLED_STRATEGIES:
                 problems.extend(_check_picklable(where, worker, fn))
+        if worker.setup is not None:
+            problems.extend(_check_setup(where, worker, worker.setup))
         if worker.executor is not None:
             try:
                 targets.resolve(worker.executor)
@@ -424,10 +436,43 @@ def _check_picklable(where: str, worker: WorkerConfig, fn: targets.Target) -> li
     return []
 
 
-def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
+def _check_setup(where: str, worker: WorkerConfig, path: str) -> list[str]:
     try:
-        inspect.signature(fn).bind(**worker.kwargs)
+        setup = targets.resolve(path)
+    except TargetError as exc:
+        return [f"{where}.setup: {exc.message}"]
+    try:
+        inspect.signature(setup).bind(**worker.setup_kwargs)
     except TypeError as exc:
+        return [f'{where}.setup_kwargs: do not fit "{path}": {exc}']
+    except ValueError:
+        pass  # no signature (a builtin): the first call will tell
+    if worker.strategy in PICKLED_STRATEGIES:
+        try:
+            pickle.dumps(dict(worker.setup_kwargs))
+        except Exception as exc:  # pickle raises many types: each one means "cannot"
+            return [
+                (
+                    f'{where}.setup_kwargs: strategy "{worker.strategy}" sends them to another '
+                    f"process, and they cannot be pickled ({type(exc).__name__}: {exc})"
+                )
+            ]
+    return []
+
+
+def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
+    # With a setup, the target's first argument is the resource it made.
+    first = () if worker.setup is None else (None,)
+    try:
+        inspect.signature(fn).bind(*first, **worker.kwargs)
+    except TypeError as exc:
+        if worker.setup is not None:
+            return [
+                (
+                    f'{where}.kwargs: do not fit "{worker.target}" called with the setup\'s '
+                    f"resource first: {exc}"
+                )
+            ]
         return [f'{where}.kwargs: do not fit "{worker.target}": {exc}']
     except ValueError:
         pass  # some builtins have no signature: the first call will tell

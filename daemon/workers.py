@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import traceback
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -15,8 +17,8 @@ import structlog
 
 from daemon.config import WorkerConfig
 from daemon.metrics import Metrics
-from loopwatch import targets
-from loopwatch.strategies import ON_LOOP, Call, Strategy
+from loopwatch import resources, targets
+from loopwatch.strategies import ON_LOOP, Call, PoolStrategy, Strategy
 from loopwatch.strategies.set import StrategyKey, StrategySet
 from loopwatch.throttle import LogThrottle
 
@@ -26,6 +28,10 @@ BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 5.0
 # Grace, past a call's own timeout, before a draining worker cancels it on reload.
 RELOAD_DRAIN_GRACE_S = 1.0
+# Each Worker built gets the next: a replaced worker's resources are told from its successor's.
+GENERATIONS = itertools.count(1)
+# How long a worker that stops waits for each pool thread to close its resources.
+RESOURCE_SWEEP_S = 2.0
 
 
 def strategy_key(cfg: WorkerConfig) -> StrategyKey:
@@ -59,7 +65,7 @@ class Worker:
         self.strategy = strategy
         self._metrics = metrics
         self._failure_log = failure_log
-        self._call = Call(targets.resolve(cfg.target), dict(cfg.kwargs), cfg.name)
+        self._call = Call(_target(cfg), dict(cfg.kwargs), cfg.name)
         # Label children bound once: every microsecond on the per-call path shows.
         self._stats = metrics.workers.stats(cfg.name, cfg.strategy)
         self._slots: list[asyncio.Task[None]] = []
@@ -103,6 +109,28 @@ class Worker:
             _, stuck = await asyncio.wait(pending, timeout=1.0)
             if stuck:
                 log.warning("worker_stop_stuck", worker=self.name, slots=len(stuck))
+        if self.cfg.setup is not None:
+            await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        """Close the resources ``setup`` made, each in its own thread (sqlite3 insists).
+
+        Process children close theirs when they exit, or at their next call of a newer
+        generation of this worker; Dask worker threads when they end.
+        """
+        if self.cfg.strategy in ON_LOOP:
+            resources.close_here([self.name])
+            return
+        strategy = self.strategy
+        if (
+            isinstance(strategy, PoolStrategy)
+            and isinstance(strategy.pool, ThreadPoolExecutor)
+            and strategy.capacity
+        ):
+            await asyncio.to_thread(
+                resources.sweep_threads, strategy.pool, strategy.capacity, [self.name],
+                RESOURCE_SWEEP_S,
+            )  # fmt: skip
 
     def forget_metrics(self) -> None:
         """A worker that is gone: its info and in-flight series go (its counters stay)."""
@@ -178,6 +206,17 @@ class Worker:
             # traceback comes along as the exception's cause.
             fields["traceback"] = "".join(traceback.format_exception(exc)).rstrip()
         self._failure_log.offer(key, fields)
+
+
+def _target(cfg: WorkerConfig) -> targets.Target:
+    """The target as a call runs it: with its resource first when the worker has a setup."""
+    fn = targets.resolve(cfg.target)
+    if cfg.setup is None:
+        return fn
+    resource = resources.Resource(
+        cfg.name, cfg.setup, dict(cfg.setup_kwargs), generation=next(GENERATIONS)
+    )
+    return resources.WithResource(fn, resource)
 
 
 @dataclass

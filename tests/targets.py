@@ -151,3 +151,60 @@ def wait_in_library(seconds: float = 0.3) -> int:
 
 # A module-level lambda: importable by name, but pickle refuses it ("<lambda>").
 unpicklable_lambda = lambda n=1: n  # noqa: E731
+
+
+class RowWriter:
+    """A sqlite3 connection of one thread (check_same_thread on), noting when it opens and closes.
+
+    ``close()`` writes through the connection: called from any other thread than the one
+    that opened it, sqlite3 raises and no "closed" row is written.
+    """
+
+    def __init__(self, path: str, tag: str = "") -> None:
+        import sqlite3
+
+        self.tag = tag
+        self.conn = sqlite3.connect(path, timeout=30, check_same_thread=True)
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS events (kind TEXT, tag TEXT, pid INT, thread INT)"
+        )
+        self.note("opened")
+
+    def note(self, kind: str) -> None:
+        import os
+        import threading
+
+        self.conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?)",
+            (kind, self.tag, os.getpid(), threading.get_ident()),
+        )
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.note("closed")
+        self.conn.close()
+
+
+def open_db(path: str, tag: str = "") -> RowWriter:
+    """The ``setup`` of the sqlite3 tests."""
+    return RowWriter(path, tag)
+
+
+def write_row(db: RowWriter) -> None:
+    """A target that writes through the connection its thread's setup made."""
+    db.note("row")
+
+
+def http_session() -> object:
+    """The ``setup`` of the HTTP test: one requests.Session (keep-alive) per thread."""
+    import requests
+
+    return requests.Session()
+
+
+def fetch(session: object, url: str) -> int:
+    """GET ``url`` through the thread's session."""
+    import requests
+
+    assert isinstance(session, requests.Session)
+    return session.get(url, timeout=10).status_code

@@ -410,14 +410,43 @@ def test_a_config_with_problems_leaves_sys_path_as_it_was(tmp_path: Path) -> Non
     src.mkdir()
     path = tmp_path / "bad.toml"
     path.write_text(
-        '[daemon]\nimport_path = ["src"]\n[[workers]]\nname = "w"\ntarget = "no_such_mod:f"\n'
+        '[daemon]\nimport_path = ["src"]\n[[workers]]\nname = "w"\ntarget = "lw_path_probe:f"\n'
     )
     before = list(sys.path)
-    with pytest.raises(ConfigError, match="no_such_mod"):
+    with pytest.raises(ConfigError, match="lw_path_probe"):
         load_config(path, {})
     assert sys.path == before
-    (src / "no_such_mod.py").write_text("def f() -> None: ...\n")
+    (src / "lw_path_probe.py").write_text("def f() -> None: ...\n")
     cfg = load_config(path, {})
     assert cfg.daemon.import_path == (str(src),)
     assert sys.path[0] == str(src)
     sys.path[:] = before
+    del sys.modules["lw_path_probe"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "error"),
+    [
+        ({"setup": "no_such_mod:make"}, 'workers[0].setup: cannot import module "no_such_mod"'),
+        (
+            {"setup": "tests.targets:open_db", "setup_kwargs": {"nope": 1}},
+            'workers[0].setup_kwargs: do not fit "tests.targets:open_db"',
+        ),
+        (
+            {"setup_kwargs": {"path": "x"}},
+            'workers[0]: setup_kwargs needs setup = "module:function"',
+        ),
+        (
+            {"setup": "tests.targets:http_session", "target": "daemon.workloads:countdown"},
+            'workers[0].kwargs: do not fit "daemon.workloads:countdown" called with the setup\'s resource first',
+        ),
+    ],
+)
+def test_setup_errors_name_the_key(tmp_path: Path, keys: dict[str, object], error: str) -> None:
+    target = keys.pop("target", "tests.targets:write_row")
+    text = worker_toml(
+        "w", str(target), "thread", kwargs="n = 1" if "countdown" in str(target) else None, **keys
+    )
+    assert any(line.startswith(error) for line in errors_of(tmp_path, text)), errors_of(
+        tmp_path, text
+    )
