@@ -83,3 +83,26 @@ def test_a_missing_import_path_is_a_config_error_naming_the_key(
     assert result.returncode == 78
     assert f"daemon.import_path[0]: {tmp_path}/nowhere is not a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_readme_walkthrough_names_the_line_and_the_cause(
+    tmp_path: Path, write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """The README's module and config, as written: the stall names report.py:7, cause cpu."""
+    readme = (ROOT / "README.md").read_text()
+    walkthrough = readme.split("## Your own code in the daemon: a walkthrough", 1)[1].split(
+        "\n## ", 1
+    )[0]
+    module = walkthrough.split("```python\n", 1)[1].split("```", 1)[0]
+    toml = walkthrough.split("```toml\n", 1)[1].split("```", 1)[0]
+    package = tmp_path / "src/shop"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "report.py").write_text(module)
+    daemon = start_daemon(write_config(toml))
+    daemon.wait_ready()
+    stall = daemon.wait_event("stall")
+    assert stall["culprit"] == f"{package}/report.py:7 checksum"
+    assert stall["cause"] == "cpu"
+    assert stall["worker"] == "report"
+    daemon.stop()
