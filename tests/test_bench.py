@@ -142,3 +142,22 @@ def test_recommendation_on_synthetic_measurements(
     strategy, reason = recommend(rows)
     assert strategy == expected
     assert reason_part in reason
+
+
+def test_cli_without_matplotlib_skips_the_chart_and_names_the_extra(tmp_path: Path) -> None:
+    """A plain install has no matplotlib: one line naming ``loopwatch[bench]``, no traceback."""
+    no_matplotlib = (
+        "import sys; sys.modules['matplotlib'] = None; from daemon.cli import main; main()"
+    )
+    result = subprocess.run(
+        [
+            sys.executable, "-c", no_matplotlib, "bench", "--quick", "--seconds", "0.3",
+            "--target", "daemon.workloads:countdown", "--kwargs", '{"n": 1000}', "--out", str(tmp_path),
+        ],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert 'no chart: matplotlib is missing (pip install "loopwatch[bench]")' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "bench.png").exists()
+    assert (tmp_path / "bench.json").exists()

@@ -74,7 +74,10 @@ def run_bench(args: argparse.Namespace) -> None:
         if chart:
             write_chart(rows, out / "bench.png")
         else:
-            console.print('no chart: matplotlib is missing (pip install "loopwatch[bench]")')
+            # markup=False: rich would take "[bench]" for a style and drop it.
+            console.print(
+                'no chart: matplotlib is missing (pip install "loopwatch[bench]")', markup=False
+            )
         console.print(_matrix_table(rows))
     if overhead:
         console.print(_overhead_table(overhead))

@@ -122,7 +122,7 @@ def grafana_substitute(expr: str) -> str:
     """What Grafana sends: variables and interval macros replaced."""
     label_values = re.fullmatch(r"label_values\((.*), (\w+)\)", expr)
     if label_values:  # a variable query: Grafana asks for the series
-        return label_values.group(1)
+        expr = label_values.group(1)
     return expr.replace("$instance", ".*").replace("$job", ".*").replace("$__rate_interval", "1m")
 
 
