@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 
 def events(db: Path) -> list[tuple[str, str, int, int]]:
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone does not close
         return list(conn.execute("SELECT kind, tag, pid, thread FROM events"))
 
 
