@@ -52,7 +52,8 @@ class Scrape:
 
     at: float
     samples: Samples
-    stalls: list[dict[str, Any]] = field(default_factory=list)
+    # None when the endpoint has no /stalls (a service's): culprits are in its log only.
+    stalls: list[dict[str, Any]] | None = None
 
     def value(self, name: str, **labels: str) -> float | None:
         """The sample ``name{labels}``, None when absent."""
@@ -103,12 +104,12 @@ class Reader:
             raise ScrapeError("no loopwatch metrics there (is it a loopwatch endpoint?)")
         return Scrape(time.monotonic(), samples, self._recent_stalls())
 
-    def _recent_stalls(self) -> list[dict[str, Any]]:
-        with suppress(OSError, ValueError):
-            stalls = json.loads(self._get(self._stalls_url)).get("stalls", [])
+    def _recent_stalls(self) -> list[dict[str, Any]] | None:
+        with suppress(OSError, ValueError, AttributeError):
+            stalls = json.loads(self._get(self._stalls_url)).get("stalls")
             if isinstance(stalls, list):
                 return [s for s in stalls if isinstance(s, dict)]
-        return []  # not the daemon's endpoint: a service's /metrics has no /stalls
+        return None  # not the daemon's endpoint: a service's /metrics has no /stalls
 
     def _get(self, url: str) -> str:
         with urllib.request.urlopen(url, timeout=self._timeout_s, context=self._ssl) as response:  # noqa: S310 - http(s) only, from the config or the user
@@ -233,7 +234,7 @@ class View:
 
     def _stalls(self) -> RenderableType:
         assert self.cur is not None
-        recent = self.cur.stalls[-SHOWN_STALLS:]
+        recent = (self.cur.stalls or [])[-SHOWN_STALLS:]
         table = Table(
             title="last stalls", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
         )
@@ -249,7 +250,9 @@ class View:
                 _short(str(stall.get("culprit", ""))),
                 str(who),
             )
-        if not recent:
+        if self.cur.stalls is None:
+            table.add_row("-", "", "", "not served here: see the `stall` lines of its log", "")
+        elif not recent:
             table.add_row("-", "", "", "no stall yet", "")
         return table
 

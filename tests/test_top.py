@@ -77,3 +77,18 @@ def test_sparkline_is_on_a_fixed_scale() -> None:
 )
 def test_url_from_config_is_where_the_daemon_listens(cfg: MetricsConfig, url: str) -> None:
     assert url_from_config(cfg) == url
+
+
+def test_an_endpoint_without_stalls_says_where_the_culprits_are() -> None:
+    """A service's /metrics has no /stalls: the view says so rather than "no stall yet"."""
+    from rich.console import Console
+
+    registry = CollectorRegistry()
+    Histogram(LAG, "lag", registry=registry).observe(0.001)
+    view = View("http://x/metrics")
+    view.add(scrape_of(registry, at=1.0))
+    view.add(scrape_of(registry, at=2.0))
+    console = Console(width=120, record=True)
+    console.print(view.render())
+    assert "see the `stall` lines of its log" in console.export_text()
+    assert "no stall yet" not in console.export_text()
