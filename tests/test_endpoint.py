@@ -251,7 +251,11 @@ with contextlib.suppress(OSError):
         hogs.append(os.open("/dev/null", os.O_RDONLY))
 for _ in range(2):  # room for the two clients, none for the server's ends
     os.close(hogs.pop())
-clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+# Both sockets before either connects: else the server could accept the first with the
+# last descriptor, and the second socket() would fail (seen once in CI under load).
+clients = [socket.socket() for _ in range(2)]
+for sock in clients:
+    sock.connect(("127.0.0.1", port))
 cpu = time.process_time()
 time.sleep(1.0)
 used = time.process_time() - cpu
