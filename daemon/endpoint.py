@@ -125,10 +125,19 @@ class MetricsEndpoint:
                 f"cannot serve metrics on {self._cfg.host}:{self._cfg.port}: {exc.strerror or exc}"
             ) from exc
         listener.settimeout(0.0)  # non-blocking
+        try:
+            # Made here, not in the thread: a thread that found no descriptor left for
+            # it would die, and the endpoint with it, silently (seen under load).
+            selector = selectors.DefaultSelector()
+        except OSError as exc:
+            listener.close()
+            raise EndpointError(f"cannot serve metrics: {exc.strerror or exc}") from exc
         self._listener = listener
         self._stopped.clear()
         self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="loopwatch-scrape")
-        self._thread = threading.Thread(target=self._serve, name="loopwatch-metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, args=(selector,), name="loopwatch-metrics", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -146,9 +155,9 @@ class MetricsEndpoint:
 
     # --- the reader thread -------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _serve(self, selector: selectors.BaseSelector) -> None:
         assert self._listener is not None
-        with selectors.DefaultSelector() as selector:
+        with selector:
             selector.register(self._listener, selectors.EVENT_READ, None)
             listening = True
             while not self._stopped.is_set():
