@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.web_server import WebServer
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -56,51 +54,23 @@ def test_plain_asyncio_example_runs_and_is_the_one_in_the_readme() -> None:
     assert "cause=wait" in stall
 
 
-def get(port: int, path: str) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def blocked_seconds(port: int, path: str) -> float:
-    found = re.search(
-        r'^loopwatch_event_loop_blocked_seconds_total\{cause="wait",worker=""\} (\S+)$',
-        get(port, path),
-        re.MULTILINE,
-    )
-    return float(found[1]) if found else 0.0
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(SERVERS))
 def test_web_example_names_the_blocking_route_and_line(name: str) -> None:
     """Under its real server: one stall, by route template and handler line, and its metric."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, *SERVERS[name], str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    server = WebServer(SERVERS[name], METRICS_PATH[name])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                get(port, METRICS_PATH[name])
-                break
-            except OSError:
-                assert proc.poll() is None
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-        get(port, "/items/7")
+        server.get("/items/7")
         if name == "fastapi_app.py":
-            get(port, "/fixed/7")  # the fix in the same app: blocks nothing
+            server.get("/fixed/7")  # the fix in the same app: blocks nothing
         deadline = time.monotonic() + 10  # counted as the loop beats again: a moment later
-        while blocked_seconds(port, METRICS_PATH[name]) < 0.2:
+        blocked = "loopwatch_event_loop_blocked_seconds_total"
+        while server.value(blocked, cause="wait", worker="") < 0.2:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:
-        proc.terminate()
-        output, _ = proc.communicate(timeout=20)
-    [stall] = stall_lines(output)
+        server.stop()
+    [stall] = stall_lines("\n".join(server.output()))
     line = 16 if name == "fastapi_app.py" else 12
     assert f"{name}:{line} read_item'" in stall
     assert "request='GET /items/{item_id}'" in stall

@@ -1,0 +1,78 @@
+"""WebServer: a web app under its real server (uvicorn, aiohttp.web) as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.daemon_process import ROOT
+from tests.helpers import free_port
+
+
+class WebServer:
+    """Starts ``python ARGS PORT``; ready once ``metrics_path`` answers."""
+
+    def __init__(self, args: Sequence[str], metrics_path: str = "/metrics") -> None:
+        self.port = free_port()
+        self.metrics_path = metrics_path
+        self.proc = subprocess.Popen(
+            [sys.executable, *args, str(self.port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.get(metrics_path)
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.1)
+            else:
+                return
+
+    def get(self, path: str) -> str:
+        """The body of ``GET path``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+            return str(r.read().decode())
+
+    def value(self, name: str, **labels: str) -> float:
+        """One sample of the metrics (0 when absent)."""
+        for family in text_string_to_metric_families(self.get(self.metrics_path)):
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return 0.0
+
+    def samples(self, name: str) -> dict[tuple[str, str], float]:
+        """One scrape: the samples of ``name`` keyed by their single label."""
+        return {
+            next(iter(s.labels.items())): float(s.value)
+            for family in text_string_to_metric_families(self.get(self.metrics_path))
+            for s in family.samples
+            if s.name == name and len(s.labels) == 1
+        }
+
+    def output(self) -> list[str]:
+        """Every line the server printed so far (stdout and stderr)."""
+        assert self.proc.stdout is not None
+        if not self.proc.stdout.closed:
+            self.lines.extend(line for line in iter(self.proc.stdout.readline, "") if line)
+        return self.lines
+
+    def stop(self) -> None:
+        """Terminate it; what it printed until then stays in ``output()``."""
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.output()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
