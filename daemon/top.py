@@ -66,6 +66,15 @@ class Scrape:
                 yield dict(labels), value
 
 
+def parse_samples(text: str) -> Samples:
+    """Every sample of an exposition, keyed by name and sorted labels; ValueError if not one."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def url_from_config(cfg: MetricsConfig) -> str:
     """Where a daemon run with ``cfg`` serves its metrics, as seen from this host."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(cfg.host, cfg.host)  # noqa: S104
@@ -93,11 +102,7 @@ class Reader:
         except (OSError, ValueError) as exc:
             raise ScrapeError(_reason(exc)) from None
         try:
-            samples = {
-                (s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text)
-                for s in family.samples
-            }
+            samples = parse_samples(text)
         except ValueError as exc:
             raise ScrapeError(f"not a metrics endpoint ({exc})") from None
         if (LAG + "_count", ()) not in samples:
@@ -199,14 +204,10 @@ class View:
             title.append(f"  unreachable: {self.problem} (retrying)", style="bold red")
         if self.cur is None or self.prev is None:
             return Group(title, Text("waiting for two scrapes..."))
-        return Group(
-            title, self._loop(), self._stalls(), self._workers(self.prev, self.cur), self._pools()
-        )
-
-    def _loop(self) -> Table:
-        assert self.prev is not None
-        assert self.cur is not None
         prev, cur = self.prev, self.cur
+        return Group(title, self._loop(prev, cur), _stalls(cur), _workers(prev, cur), _pools(cur))
+
+    def _loop(self, prev: Scrape, cur: Scrape) -> Table:
         grid = Table.grid(padding=(0, 2))
         p50 = delta_quantile(prev, cur, LAG, 0.5)
         p99 = delta_quantile(prev, cur, LAG, 0.99)
@@ -232,94 +233,90 @@ class View:
         grid.add_row(Text("stalls", style="bold"), now, Text(f"{total:.0f} since start"))
         return grid
 
-    def _stalls(self) -> RenderableType:
-        assert self.cur is not None
-        recent = (self.cur.stalls or [])[-SHOWN_STALLS:]
-        table = Table(
-            title="last stalls", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
-        )
-        for column in ("ended", "duration", "cause", "culprit", "worker / request"):
-            table.add_column(column, overflow="fold")
-        for stall in reversed(recent):
-            ended = time.strftime("%H:%M:%S", time.localtime(float(stall.get("at", 0.0))))
-            who = stall.get("worker") or stall.get("request") or stall.get("task") or ""
-            table.add_row(
-                ended,
-                _ms(float(stall.get("duration", 0.0))),
-                str(stall.get("cause", "")),
-                _short(str(stall.get("culprit", ""))),
-                str(who),
-            )
-        if self.cur.stalls is None:
-            table.add_row("-", "", "", "not served here: see the `stall` lines of its log", "")
-        elif not recent:
-            table.add_row("-", "", "", "no stall yet", "")
-        return table
 
-    def _workers(self, prev: Scrape, cur: Scrape) -> Table:
-        table = Table(
-            title="workers",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
-        )
-        table.add_column("worker", min_width=6, overflow="fold")
-        table.add_column("strategy", min_width=11)
-        for column in ("calls/s", "active", "errors", "timeouts", "p99 call", "p99 wait"):
-            table.add_column(column, justify="right", no_wrap=True)
-        for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
-            worker, strategy = labels["worker"], labels["strategy"]
-            keys = {"worker": worker, "strategy": strategy}
-            calls = sum(
-                rate(prev, cur, "loopwatch_tasks_total", **keys, outcome=outcome) or 0.0
-                for outcome in ("ok", "error", "timeout", "cancelled")
-            )
-            errors = cur.value("loopwatch_tasks_total", **keys, outcome="error") or 0.0
-            timeouts = cur.value("loopwatch_tasks_total", **keys, outcome="timeout") or 0.0
-            table.add_row(
-                worker,
-                strategy,
-                f"{calls:.1f}",
-                f"{cur.value('loopwatch_tasks_in_flight', worker=worker) or 0.0:.0f}",
-                Text(f"{errors:.0f}", style="red" if errors else ""),
-                Text(f"{timeouts:.0f}", style="red" if timeouts else ""),
-                _ms(delta_quantile(prev, cur, "loopwatch_task_duration_seconds", 0.99, **keys)),
-                _ms(delta_quantile(prev, cur, "loopwatch_task_queue_wait_seconds", 0.99, **keys)),
-            )
-        if table.row_count == 0:
-            table.add_row("-", "no workers", "", "", "", "", "", "")
-        return table
+def _table(title: str) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
 
-    def _pools(self) -> Table:
-        assert self.cur is not None
-        cur = self.cur
-        table = Table(
-            title="pools",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            collapse_padding=True,
+
+def _stalls(cur: Scrape) -> RenderableType:
+    recent = (cur.stalls or [])[-SHOWN_STALLS:]
+    table = _table("last stalls")
+    for column in ("ended", "duration", "cause", "culprit", "worker / request"):
+        table.add_column(column, overflow="fold")
+    for stall in reversed(recent):
+        ended = time.strftime("%H:%M:%S", time.localtime(float(stall.get("at", 0.0))))
+        who = stall.get("worker") or stall.get("request") or stall.get("task") or ""
+        table.add_row(
+            ended,
+            _ms(float(stall.get("duration", 0.0))),
+            str(stall.get("cause", "")),
+            _short(str(stall.get("culprit", ""))),
+            str(who),
         )
-        for column in ("executor", "busy", "capacity", "queued", "saturation"):
-            table.add_column(column, justify="left" if column == "executor" else "right")
-        pools = sorted(cur.series("loopwatch_executor_busy"), key=lambda s: s[0]["executor"])
-        for labels, busy in pools:
-            executor = labels["executor"]
-            capacity = cur.value("loopwatch_executor_workers", executor=executor)
-            queued = cur.value("loopwatch_executor_queued", executor=executor) or 0.0
-            share = busy / capacity if capacity else None
-            style = "red" if queued else "yellow" if share is not None and share >= 1 else ""
-            table.add_row(
-                executor,
-                f"{busy:.0f}",
-                "-" if capacity is None else f"{capacity:.0f}",
-                Text(f"{queued:.0f}", style=style),
-                Text("-" if share is None else _bar(share), style=style),
-            )
-        if table.row_count == 0:
-            table.add_row("-", "", "", "", "no pools")
-        return table
+    if cur.stalls is None:
+        table.add_row("-", "", "", "not served here: see the `stall` lines of its log", "")
+    elif not recent:
+        table.add_row("-", "", "", "no stall yet", "")
+    return table
+
+
+def _workers(prev: Scrape, cur: Scrape) -> Table:
+    table = _table("workers")
+    table.add_column("worker", min_width=6, overflow="fold")
+    table.add_column("strategy", min_width=11)
+    for column in ("calls/s", "active", "errors", "timeouts", "p99 call", "p99 wait"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
+        worker, strategy = labels["worker"], labels["strategy"]
+        keys = {"worker": worker, "strategy": strategy}
+        calls = sum(
+            rate(prev, cur, "loopwatch_tasks_total", **keys, outcome=outcome) or 0.0
+            for outcome in ("ok", "error", "timeout", "cancelled")
+        )
+        errors = cur.value("loopwatch_tasks_total", **keys, outcome="error") or 0.0
+        timeouts = cur.value("loopwatch_tasks_total", **keys, outcome="timeout") or 0.0
+        table.add_row(
+            worker,
+            strategy,
+            f"{calls:.1f}",
+            f"{cur.value('loopwatch_tasks_in_flight', worker=worker) or 0.0:.0f}",
+            Text(f"{errors:.0f}", style="red" if errors else ""),
+            Text(f"{timeouts:.0f}", style="red" if timeouts else ""),
+            _ms(delta_quantile(prev, cur, "loopwatch_task_duration_seconds", 0.99, **keys)),
+            _ms(delta_quantile(prev, cur, "loopwatch_task_queue_wait_seconds", 0.99, **keys)),
+        )
+    if table.row_count == 0:
+        table.add_row("-", "no workers", "", "", "", "", "", "")
+    return table
+
+
+def _pools(cur: Scrape) -> Table:
+    table = _table("pools")
+    for column in ("executor", "busy", "capacity", "queued", "saturation"):
+        table.add_column(column, justify="left" if column == "executor" else "right")
+    pools = sorted(cur.series("loopwatch_executor_busy"), key=lambda s: s[0]["executor"])
+    for labels, busy in pools:
+        executor = labels["executor"]
+        capacity = cur.value("loopwatch_executor_workers", executor=executor)
+        queued = cur.value("loopwatch_executor_queued", executor=executor) or 0.0
+        share = busy / capacity if capacity else None
+        style = "red" if queued else "yellow" if share is not None and share >= 1 else ""
+        table.add_row(
+            executor,
+            f"{busy:.0f}",
+            "-" if capacity is None else f"{capacity:.0f}",
+            Text(f"{queued:.0f}", style=style),
+            Text("-" if share is None else _bar(share), style=style),
+        )
+    if table.row_count == 0:
+        table.add_row("-", "", "", "", "no pools")
+    return table
 
 
 def _short(culprit: str) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
+from daemon.top import Samples, parse_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
@@ -107,13 +107,9 @@ class DaemonProcess:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return str(response.read().decode())
 
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def scrape(self) -> Samples:
         """Samples keyed by (name, sorted labels)."""
-        samples = {}
-        for family in text_string_to_metric_families(self.scrape_text()):
-            for s in family.samples:
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return samples
+        return parse_samples(self.scrape_text())
 
     def value(self, name: str, **labels: str) -> float | None:
         """One sample's value, None when absent."""
@@ -164,9 +160,7 @@ class DaemonProcess:
         self._close()
 
 
-def histogram_quantile(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, q: float
-) -> float:
+def histogram_quantile(samples: Samples, name: str, q: float) -> float:
     """Upper bound of the bucket holding quantile ``q`` of histogram ``name`` (no labels)."""
     buckets = sorted(
         (float(dict(labels)["le"]), value)

@@ -6,20 +6,23 @@ import math
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import MetricsConfig
-from daemon.top import LAG, Scrape, View, delta_quantile, quantile, rate, sparkline, url_from_config
+from daemon.top import (
+    LAG,
+    Scrape,
+    View,
+    delta_quantile,
+    parse_samples,
+    quantile,
+    rate,
+    sparkline,
+    url_from_config,
+)
 
 
 def scrape_of(registry: CollectorRegistry, at: float) -> Scrape:
-    text = generate_latest(registry).decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return Scrape(at, samples)
+    return Scrape(at, parse_samples(generate_latest(registry).decode()))
 
 
 def test_quantile_interpolates_within_a_bucket_as_prometheus_does() -> None:

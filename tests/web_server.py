@@ -9,8 +9,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from daemon.top import parse_samples
 from tests.daemon_process import ROOT
 from tests.helpers import free_port
 
@@ -47,19 +46,15 @@ class WebServer:
 
     def value(self, name: str, **labels: str) -> float:
         """One sample of the metrics (0 when absent)."""
-        for family in text_string_to_metric_families(self.get(self.metrics_path)):
-            for s in family.samples:
-                if s.name == name and s.labels == labels:
-                    return float(s.value)
-        return 0.0
+        samples = parse_samples(self.get(self.metrics_path))
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
     def samples(self, name: str) -> dict[tuple[str, str], float]:
         """One scrape: the samples of ``name`` keyed by their single label."""
         return {
-            next(iter(s.labels.items())): float(s.value)
-            for family in text_string_to_metric_families(self.get(self.metrics_path))
-            for s in family.samples
-            if s.name == name and len(s.labels) == 1
+            labels[0]: value
+            for (sample, labels), value in parse_samples(self.get(self.metrics_path)).items()
+            if sample == name and len(labels) == 1
         }
 
     def output(self) -> list[str]:
