@@ -27,6 +27,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.top import quantile
+
 ROOT = Path(__file__).resolve().parent.parent
 IO_SECONDS = 0.05
 
@@ -65,23 +67,9 @@ def scrape(url: str) -> tuple[float, dict[str, Any]]:
 
 
 def quantile_from_buckets(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """Linear interpolation inside the bucket, like Prometheus' histogram_quantile."""
-    edges = sorted(after)
-    counts = [after[e] - before.get(e, 0.0) for e in edges]
-    total = counts[-1]
-    if total <= 0:
-        return 0.0
-    rank = q * total
-    lower_edge, lower_count = 0.0, 0.0
-    for edge, count in zip(edges, counts, strict=True):
-        if count >= rank:
-            if edge == float("inf"):
-                return lower_edge
-            return lower_edge + (edge - lower_edge) * (rank - lower_count) / max(
-                count - lower_count, 1e-12
-            )
-        lower_edge, lower_count = edge, count
-    return edges[-2]
+    """The ``q`` quantile of the observations between two scrapes (``loopwatch top``'s arithmetic)."""
+    found = quantile(((edge, count - before.get(edge, 0.0)) for edge, count in after.items()), q)
+    return 0.0 if found is None else found
 
 
 def proc_stats(pid: int) -> dict[str, float]:
