@@ -405,7 +405,8 @@ def _check_workers(cfg: DaemonConfig) -> list[str]:
         else:
             problems.extend(_check_target_kind(where, worker, fn))
             if worker.strategy in PICKLED_STRATEGIES:
-                problems.extend(_check_picklable(where, worker, fn))
+                values = {"target": fn, "kwargs": dict(worker.kwargs)}
+                problems.extend(_check_picklable(where, worker.strategy, values))
         if worker.setup is not None:
             problems.extend(_check_setup(where, worker, worker.setup))
         if worker.executor is not None:
@@ -420,15 +421,15 @@ def _check_workers(cfg: DaemonConfig) -> list[str]:
     return problems
 
 
-def _check_picklable(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
-    """A process or Dask pool pickles the target and its kwargs for every call."""
-    for key, value in (("target", fn), ("kwargs", dict(worker.kwargs))):
+def _check_picklable(where: str, strategy: str, values: dict[str, object]) -> list[str]:
+    """A process or Dask pool pickles the target and what it is called with, every call."""
+    for key, value in values.items():
         try:
             pickle.dumps(value)
         except Exception as exc:  # pickle raises many types: each one means "cannot"
             return [
                 (
-                    f'{where}.{key}: strategy "{worker.strategy}" sends it to another process, '
+                    f'{where}.{key}: strategy "{strategy}" sends it to another process, '
                     f"and it cannot be pickled ({type(exc).__name__}: {exc}); use a "
                     "module-level function (not a lambda or a closure) and plain kwargs"
                 )
@@ -436,46 +437,37 @@ def _check_picklable(where: str, worker: WorkerConfig, fn: targets.Target) -> li
     return []
 
 
+def _misfit(fn: targets.Target, *args: Any, **kwargs: Any) -> TypeError | None:
+    """Why ``fn(*args, **kwargs)`` would not bind; None if it would or ``fn`` has no signature."""
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        return exc
+    except ValueError:
+        pass  # some builtins have no signature: the first call will tell
+    return None
+
+
 def _check_setup(where: str, worker: WorkerConfig, path: str) -> list[str]:
     try:
         setup = targets.resolve(path)
     except TargetError as exc:
         return [f"{where}.setup: {exc.message}"]
-    try:
-        inspect.signature(setup).bind(**worker.setup_kwargs)
-    except TypeError as exc:
-        return [f'{where}.setup_kwargs: do not fit "{path}": {exc}']
-    except ValueError:
-        pass  # no signature (a builtin): the first call will tell
+    misfit = _misfit(setup, **worker.setup_kwargs)
+    if misfit is not None:
+        return [f'{where}.setup_kwargs: do not fit "{path}": {misfit}']
     if worker.strategy in PICKLED_STRATEGIES:
-        try:
-            pickle.dumps(dict(worker.setup_kwargs))
-        except Exception as exc:  # pickle raises many types: each one means "cannot"
-            return [
-                (
-                    f'{where}.setup_kwargs: strategy "{worker.strategy}" sends them to another '
-                    f"process, and they cannot be pickled ({type(exc).__name__}: {exc})"
-                )
-            ]
+        return _check_picklable(where, worker.strategy, {"setup_kwargs": dict(worker.setup_kwargs)})
     return []
 
 
 def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> list[str]:
     # With a setup, the target's first argument is the resource it made.
     first = () if worker.setup is None else (None,)
-    try:
-        inspect.signature(fn).bind(*first, **worker.kwargs)
-    except TypeError as exc:
-        if worker.setup is not None:
-            return [
-                (
-                    f'{where}.kwargs: do not fit "{worker.target}" called with the setup\'s '
-                    f"resource first: {exc}"
-                )
-            ]
-        return [f'{where}.kwargs: do not fit "{worker.target}": {exc}']
-    except ValueError:
-        pass  # some builtins have no signature: the first call will tell
+    misfit = _misfit(fn, *first, **worker.kwargs)
+    if misfit is not None:
+        called = "" if worker.setup is None else " called with the setup's resource first"
+        return [f'{where}.kwargs: do not fit "{worker.target}"{called}: {misfit}']
     if targets.is_async(fn) and worker.strategy in PLAIN_CALL_STRATEGIES:
         return [
             (
