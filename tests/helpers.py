@@ -6,13 +6,15 @@ import asyncio
 import os
 import shutil
 import socket
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import ROOT, DaemonProcess
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -82,6 +84,16 @@ def wait_tasks(
         strategy=strategy,
         outcome=outcome,
     )
+
+
+def run_loopwatch(
+    *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``loopwatch ARGS`` (as ``python -m daemon``) run to its end, its output kept as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=False,
+    )  # fmt: skip
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ import pytest
 from daemon.bench import overhead
 from daemon.bench.matrix import cells, recommend, run_cell
 from tests.daemon_process import ROOT
+from tests.helpers import run_loopwatch
 
 ROW_KEYS = {
     "workload",
@@ -62,13 +63,10 @@ def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
 
 def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) -> None:
     """``--target`` runs the applicable strategies, recommends one, writes the files."""
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "daemon", "bench", "--quick", "--seconds", "0.4",
-            "--target", "daemon.workloads:countdown", "--kwargs", '{"n": 200000}',
-            "--out", str(tmp_path),
-        ],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
+    result = run_loopwatch(
+        "bench", "--quick", "--seconds", "0.4",
+        "--target", "daemon.workloads:countdown", "--kwargs", '{"n": 200000}',
+        "--out", str(tmp_path), timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
@@ -82,10 +80,7 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
 
 def test_cli_rejects_a_bad_target(tmp_path: Path) -> None:
     """An unresolvable target is a clear error, exit 78."""
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "bench", "--target", "nowhere:fn", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
-    )  # fmt: skip
+    result = run_loopwatch("bench", "--target", "nowhere:fn", "--out", str(tmp_path))
     assert result.returncode == 78
     assert 'cannot import module "nowhere"' in result.stderr
 

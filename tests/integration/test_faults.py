@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.daemon_process import ROOT
-from tests.helpers import StartDaemon, WriteConfig, tasks_done, wait_tasks, worker_toml
+from tests.helpers import (
+    StartDaemon,
+    WriteConfig,
+    run_loopwatch,
+    tasks_done,
+    wait_tasks,
+    worker_toml,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -163,10 +167,7 @@ def test_cli_check_on_random_configs_exits_0_or_78_without_traceback(
             lines.append(f"{key} = {rendered}")
     path = tmp_path / "random.toml"
     path.write_text("\n".join(lines) + "\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "check", "-c", str(path)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, check=False,
-    )  # fmt: skip
+    result = run_loopwatch("check", "-c", str(path))
     assert result.returncode in (0, 78), result.stderr
     assert "Traceback" not in result.stderr + result.stdout
 

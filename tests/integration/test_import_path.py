@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.daemon_process import ROOT
-from tests.helpers import StartDaemon, WriteConfig, wait_tasks, worker_toml
+from tests.helpers import StartDaemon, WriteConfig, run_loopwatch, wait_tasks, worker_toml
 
 pytestmark = pytest.mark.integration
 
@@ -61,10 +59,7 @@ def test_relative_import_path_is_read_from_the_config_files_directory(
         '[daemon]\nimport_path = ["src"]\n'
         + worker_toml("shop", "shop_code:price", "thread", "n = 10")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "check", "-c", str(config)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_loopwatch("check", "-c", str(config))
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "src") in result.stdout
 
@@ -76,10 +71,7 @@ def test_a_missing_import_path_is_a_config_error_naming_the_key(
         f'[daemon]\nimport_path = ["{tmp_path}/nowhere"]\n'
         + worker_toml("shop", "shop_code:price", "thread")
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "check", "-c", str(config)],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_loopwatch("check", "-c", str(config))
     assert result.returncode == 78
     assert f"daemon.import_path[0]: {tmp_path}/nowhere is not a directory" in result.stderr
     assert "Traceback" not in result.stderr

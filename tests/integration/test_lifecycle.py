@@ -5,15 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import ROOT, session_members
-from tests.helpers import StartDaemon, WriteConfig, wait_tasks
+from tests.daemon_process import session_members
+from tests.helpers import StartDaemon, WriteConfig, run_loopwatch, wait_tasks
 
 pytestmark = pytest.mark.integration
 
@@ -141,10 +139,7 @@ def test_4_bad_config_exits_78_before_binding(tmp_path: Path, write_config: Writ
     config = write_config(
         '[[workers]]\nname = "x"\ntarget = "daemon.workloads:countdown"\nstrategy = "teleport"\n'
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon", "run", "-c", str(config)],
-        capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
-    )  # fmt: skip
+    result = run_loopwatch("run", "-c", str(config), timeout=30)
     assert result.returncode == 78
     assert "workers[0].strategy" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -156,10 +151,7 @@ def test_5_taken_port_exits_69_before_workers_start(write_config: WriteConfig, p
         sock.bind(("127.0.0.1", port))
         sock.listen()
         config = write_config(WORKERS)
-        result = subprocess.run(
-            [sys.executable, "-m", "daemon", "run", "-c", str(config)],
-            capture_output=True, text=True, timeout=30, cwd=ROOT, check=False,
-        )  # fmt: skip
+        result = run_loopwatch("run", "-c", str(config), timeout=30)
     assert result.returncode == 69
     assert "startup_failed" in result.stderr
     assert f"127.0.0.1:{port}" in result.stderr

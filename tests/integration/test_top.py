@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_process import ROOT
-from tests.helpers import StartDaemon, WriteConfig, free_port, require_tool, worker_toml
+from tests.helpers import (
+    StartDaemon,
+    WriteConfig,
+    free_port,
+    require_tool,
+    run_loopwatch,
+    worker_toml,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +31,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
 
 
 def top(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", "top", *args],
-        capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=60, check=False,
-    )  # fmt: skip
+    return run_loopwatch("top", *args, env=ENV)
 
 
 def test_once_prints_the_loop_the_last_stalls_workers_and_pools(
