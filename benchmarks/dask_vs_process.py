@@ -17,8 +17,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from daemon.bench.overhead import seconds_per_call
 from loopwatch import targets
+from loopwatch.daemon.bench.overhead import seconds_per_call
 from loopwatch.strategies import Call, DaskStrategy, ProcessStrategy, Strategy
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -81,10 +81,10 @@ def main() -> None:
             "bare asyncio, 1 s ticker": [sys.executable, "-c", BARE_TICKER],
             "bare asyncio, 10 ms sleep loop (timer floor)": [sys.executable, "-c", BARE_10MS],
             "loopwatch, no workers (10 ms probe, watchdog, ticker, endpoint)": [
-                sys.executable, "-m", "daemon", "run", "-c", str(config),
+                sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config),
             ],
         }  # fmt: skip
-        daemon_cmd = [sys.executable, "-m", "daemon", "run", "-c", str(config)]
+        daemon_cmd = [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)]
         cwds = dict.fromkeys(variants, ROOT)
         if args.baseline is not None:
             name = f"loopwatch at {args.baseline.name} (baseline), no workers"

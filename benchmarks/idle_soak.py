@@ -60,7 +60,7 @@ def main() -> None:
         log = Path(tmp, "log")
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon", "run", "-c", str(config)],
+                [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.top import quantile
+from loopwatch.daemon.top import quantile
 
 ROOT = Path(__file__).resolve().parent.parent
 IO_SECONDS = 0.05
@@ -44,7 +44,7 @@ def config(workers: int, threads: int, port: int) -> str:
     text += f"[executors.thread]\nmax_workers = {threads}\n"
     for i in range(workers):
         text += (
-            f'[[workers]]\nname = "io-{i}"\ntarget = "daemon.workloads:blocking_io"\n'
+            f'[[workers]]\nname = "io-{i}"\ntarget = "loopwatch.daemon.workloads:blocking_io"\n'
             f'kwargs = {{ seconds = {IO_SECONDS}, step = {IO_SECONDS} }}\nstrategy = "thread"\n'
         )
     return text
@@ -91,7 +91,7 @@ def run(
         path = Path(tmp, "load.toml")
         path.write_text(config(workers, threads, port))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "-c", str(path)], cwd=ROOT,
+            [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(path)], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         log_lines: list[str] = []

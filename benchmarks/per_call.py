@@ -79,7 +79,7 @@ def loopwatch_rate(concurrency: int, seconds: float) -> float:
             f"concurrency = {concurrency}\n"
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "-c", str(config)],
+            [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip

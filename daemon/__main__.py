@@ -1,5 +1,5 @@
-"""``python -m daemon`` does what the ``loopwatch`` console script does."""
+"""``python -m loopwatch.daemon`` does what the ``loopwatch`` console script does."""
 
-from daemon.cli import main
+from loopwatch.daemon.cli import main
 
 main()

@@ -14,15 +14,15 @@ import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon import __version__
-from daemon.config import DaemonConfig, load_config
-from daemon.endpoint import MetricsEndpoint
-from daemon.errors import LoopwatchError
-from daemon.logs import configure_logging
-from daemon.metrics import Metrics
-from daemon.systemd import Notifier
-from daemon.ticker import Ticker
-from daemon.workers import WorkerSupervisor, strategy_key
+from loopwatch.daemon import __version__
+from loopwatch.daemon.config import DaemonConfig, load_config
+from loopwatch.daemon.endpoint import MetricsEndpoint
+from loopwatch.daemon.errors import LoopwatchError
+from loopwatch.daemon.logs import configure_logging
+from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.systemd import Notifier
+from loopwatch.daemon.ticker import Ticker
+from loopwatch.daemon.workers import WorkerSupervisor, strategy_key
 from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
 from loopwatch.watcher import Watcher

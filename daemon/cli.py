@@ -17,9 +17,9 @@ from typing import NoReturn
 import structlog
 
 import loopwatch
-from daemon import __version__
-from daemon.config import DaemonConfig, MetricsConfig, config_path_from_env, load_config
-from daemon.errors import ConfigError, EndpointError, LoopwatchError
+from loopwatch.daemon import __version__
+from loopwatch.daemon.config import DaemonConfig, MetricsConfig, config_path_from_env, load_config
+from loopwatch.daemon.errors import ConfigError, EndpointError, LoopwatchError
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -88,7 +88,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command == "bench":
-        from daemon.bench.command import run_bench  # noqa: PLC0415 - rich/matplotlib only here
+        from loopwatch.daemon.bench.command import run_bench  # noqa: PLC0415 - rich/matplotlib only here
 
         try:
             run_bench(args)
@@ -119,7 +119,7 @@ def _with_config(args: argparse.Namespace) -> int:
 def _top(args: argparse.Namespace, metrics: MetricsConfig | None) -> int:
     from rich.console import Console  # noqa: PLC0415 - only top draws
 
-    from daemon import top  # noqa: PLC0415
+    from loopwatch.daemon import top  # noqa: PLC0415
 
     if metrics is not None and not metrics.port:
         print("loopwatch top: metrics.port is 0 in this config: no endpoint", file=sys.stderr)
@@ -157,8 +157,8 @@ def exit_code_for(failure: LoopwatchError | None) -> int:
 def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     import aiorun  # noqa: PLC0415
 
-    from daemon.app import build_app  # noqa: PLC0415
-    from daemon.logs import configure_logging  # noqa: PLC0415
+    from loopwatch.daemon.app import build_app  # noqa: PLC0415
+    from loopwatch.daemon.logs import configure_logging  # noqa: PLC0415
 
     configure_logging(cfg.logging)
     sys.setswitchinterval(cfg.daemon.switch_interval)

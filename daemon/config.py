@@ -13,10 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import structlog
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
-from daemon.errors import ConfigError
 from loopwatch import targets
+from loopwatch.daemon.errors import ConfigError
 from loopwatch.errors import TargetError
 from loopwatch.strategies import StrategyName
 from loopwatch.strategies.process import StartMethod
@@ -31,6 +39,28 @@ PLAIN_CALL_STRATEGIES: frozenset[StrategyName] = frozenset(
 )
 # Strategies that send the target and its kwargs to another process.
 PICKLED_STRATEGIES: frozenset[StrategyName] = frozenset({"process", "dask"})
+
+log = structlog.get_logger("loopwatch.config")
+
+# The daemon's modules users name in configs, from before it moved under ``loopwatch``.
+_RENAMED_MODULES = ("daemon.workloads", "daemon.executors")
+_said_renamed: set[str] = set()
+
+
+def _renamed(path: str) -> str:
+    """An import path of the daemon's old top-level name, rewritten (said once per path)."""
+    module = path.partition(":")[0]
+    if module not in _RENAMED_MODULES:
+        return path
+    new = "loopwatch." + path
+    if path not in _said_renamed:
+        _said_renamed.add(path)
+        log.warning("deprecated_import_path", old=path, new=new, fix=f'write "{new}" in the config')
+    return new
+
+
+# "module:function"; the daemon's old top-level name still resolves.
+ImportPath = Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$"), AfterValidator(_renamed)]
 
 # Upper bounds keep values within what timers and threads accept (a threshold of 1e10
 # overflowed the watchdog's wait); a day is more than any of these needs.
@@ -163,16 +193,16 @@ class WorkerConfig(_Model):
     """One ``[[workers]]`` entry: a target called over and over through a strategy."""
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
-    target: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")]
+    target: ImportPath
     kwargs: dict[str, Any] = Field(default_factory=dict)
     strategy: StrategyName = "thread"
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 1
     interval: NonNegativeFloat = 0.0
     timeout: PositiveFloat = 30.0
-    executor: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    executor: ImportPath | None = None
     # A client made once per thread (process, Dask worker thread; once on the loop for
     # on-loop strategies) by setup(**setup_kwargs); the target gets it as first argument.
-    setup: Annotated[str, Field(pattern=r"^[\w.]+:[\w.]+$")] | None = None
+    setup: ImportPath | None = None
     setup_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -208,7 +238,7 @@ class DaemonConfig(_Model):
 
 def default_toml() -> str:
     """The embedded default config (a demo); ``config/default.toml`` is the same, written out."""
-    return importlib.resources.files("daemon").joinpath("default.toml").read_text("utf-8")
+    return importlib.resources.files("loopwatch.daemon").joinpath("default.toml").read_text("utf-8")
 
 
 def config_path_from_env(cli_path: Path | None, environ: Mapping[str, str]) -> Path | None:

@@ -28,9 +28,9 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.exposition import choose_encoder
 
-from daemon.config import MetricsConfig
-from daemon.errors import ConfigError, EndpointError
-from daemon.worker_stats import WorkerCollector, fast_exposition
+from loopwatch.daemon.config import MetricsConfig
+from loopwatch.daemon.errors import ConfigError, EndpointError
+from loopwatch.daemon.worker_stats import WorkerCollector, fast_exposition
 
 log = structlog.get_logger("loopwatch.endpoint")
 

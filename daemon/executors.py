@@ -1,6 +1,6 @@
 """Example custom executors for ``strategy = "executor"`` (the tutorial's "write your own").
 
-``executor = "daemon.executors:daemon_thread_executor"`` in a worker's config.
+``executor = "loopwatch.daemon.executors:daemon_thread_executor"`` in a worker's config.
 """
 
 from __future__ import annotations
@@ -71,5 +71,5 @@ class DaemonThreadExecutor(Executor):
 
 
 def daemon_thread_executor(max_workers: int = 8) -> DaemonThreadExecutor:
-    """Factory for ``executor = "daemon.executors:daemon_thread_executor"``."""
+    """Factory for ``executor = "loopwatch.daemon.executors:daemon_thread_executor"``."""
     return DaemonThreadExecutor(max_workers)

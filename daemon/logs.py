@@ -8,7 +8,7 @@ from typing import TextIO
 
 import structlog
 
-from daemon.config import LoggingConfig
+from loopwatch.daemon.config import LoggingConfig
 
 LEVELS = {
     "debug": logging.DEBUG,

@@ -18,8 +18,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from daemon import __version__
-from daemon.worker_stats import Buckets, WorkerCollector
+from loopwatch.daemon import __version__
+from loopwatch.daemon.worker_stats import Buckets, WorkerCollector
 from loopwatch.metrics import WatchMetrics
 from loopwatch.strategies import CooperativeStrategy, PoolStrategy, Strategy
 from loopwatch.strategies.set import StrategyKey

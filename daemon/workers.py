@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
-from daemon.config import WorkerConfig
-from daemon.metrics import Metrics
 from loopwatch import resources, targets
+from loopwatch.daemon.config import WorkerConfig
+from loopwatch.daemon.metrics import Metrics
 from loopwatch.strategies import ON_LOOP, Call, PoolStrategy, Strategy
 from loopwatch.strategies.set import StrategyKey, StrategySet
 from loopwatch.throttle import LogThrottle

@@ -12,9 +12,10 @@ STACK_LIMIT = 30
 _MAX_DEPTH = 256
 
 _LIBRARY_DIR = str(Path(__file__).parent) + "/"
-_DAEMON_DIR = str(Path(__file__).parent.parent / "daemon") + "/"
-# The daemon's built-in workloads and example executors are targets: user code.
-_TARGETS_IN_DAEMON = (_DAEMON_DIR + "workloads.py", _DAEMON_DIR + "executors.py")
+_LIBRARY_DIRS = (_LIBRARY_DIR, str(Path(_LIBRARY_DIR).resolve()) + "/")
+# Files or directories an application declared its own although they sit where the
+# rule above would call them someone else's (see ``user_code``).
+_declared: tuple[str, ...] = ()
 
 
 def _not_user_prefixes() -> tuple[str, ...]:
@@ -28,13 +29,30 @@ def _not_user_prefixes() -> tuple[str, ...]:
 _NOT_USER = _not_user_prefixes()
 
 
+def user_code(*paths: str | Path) -> None:
+    """Declare files or directories to be the user's code wherever they are installed.
+
+    A stall's culprit is the innermost line of the user's code: by default any file
+    outside the standard library, site-packages and loopwatch. An application that ships
+    its targets inside an installed package (as a service installed with pip does) names
+    them here so that stall reports point at them. Each call replaces the previous list.
+    """
+    global _declared  # noqa: PLW0603 - process-wide, like logging's configuration
+    found: set[str] = set()
+    for path in paths:
+        text = str(path)
+        found.add(text)
+        found.add(str(Path(text).resolve()))
+    _declared = tuple(sorted(found))
+
+
 def is_user_file(filename: str) -> bool:
-    """False for the standard library, site-packages, loopwatch and the daemon's plumbing."""
-    if filename.startswith(_TARGETS_IN_DAEMON):
+    """False for the standard library, site-packages and loopwatch, unless declared."""
+    if _declared and filename.startswith(_declared):
         return True
     if filename.startswith("<") or "/site-packages/" in filename or "/dist-packages/" in filename:
         return False
-    return not filename.startswith((*_NOT_USER, _LIBRARY_DIR, _DAEMON_DIR))
+    return not filename.startswith((*_NOT_USER, *_LIBRARY_DIRS))
 
 
 def frame_lines(frame: FrameType | None, limit: int = STACK_LIMIT) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from daemon.metrics import Metrics
+from loopwatch.daemon.metrics import Metrics
 from tests.daemon_process import DaemonProcess
 from tests.helpers import StartDaemon, WriteConfig, free_port
 

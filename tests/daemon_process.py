@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from daemon.top import Samples, parse_samples
+from loopwatch.daemon.top import Samples, parse_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
 
 
 class DaemonProcess:
-    """Starts ``python -m daemon run -c CONFIG``; reads its stderr as JSON lines."""
+    """Starts ``python -m loopwatch.daemon run -c CONFIG``; reads its stderr as JSON lines."""
 
     def __init__(
         self, config: Path, port: int, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
@@ -35,7 +35,7 @@ class DaemonProcess:
         full_env["PYTHONPATH"] = str(ROOT)
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "-c", str(config), *args],
+            [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

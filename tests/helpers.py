@@ -24,7 +24,7 @@ StartDaemon = Callable[..., DaemonProcess]
 
 def worker_toml(
     name: str | None = "w",
-    target: str | None = "daemon.workloads:countdown",
+    target: str | None = "loopwatch.daemon.workloads:countdown",
     strategy: str | None = "process",
     kwargs: str | dict[str, object] | None = None,
     **keys: object,
@@ -89,9 +89,9 @@ def wait_tasks(
 def run_loopwatch(
     *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``loopwatch ARGS`` (as ``python -m daemon``) run to its end, its output kept as text."""
+    """``loopwatch ARGS`` (as ``python -m loopwatch.daemon``) run to its end, its output kept as text."""
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
+        [sys.executable, "-m", "loopwatch.daemon", *args],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env, check=False,
     )  # fmt: skip
 

@@ -11,9 +11,9 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon.app import App, build_app
-from daemon.config import load_config
-from daemon.systemd import Notifier
+from loopwatch.daemon.app import App, build_app
+from loopwatch.daemon.config import load_config
+from loopwatch.daemon.systemd import Notifier
 from tests.helpers import registry_value, wait_until, worker_toml
 
 QUICK = worker_toml("w", "tests.targets:block", "thread", {"seconds": 0.01})
@@ -141,7 +141,7 @@ async def test_a_pool_no_worker_uses_any_more_is_closed_on_reload(
     config.write_text(
         '[metrics]\nport = 0\n[executors.process]\nstart_method = "fork"\n'
         + QUICK
-        + worker_toml("p", "daemon.workloads:countdown", "process", {"n": 1000})
+        + worker_toml("p", "loopwatch.daemon.workloads:countdown", "process", {"n": 1000})
     )
     await app.reload()
     await wait_until(lambda: done(registry, "p", "process") >= 1)

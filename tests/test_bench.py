@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bench import overhead
-from daemon.bench.matrix import cells, recommend, run_cell
+from loopwatch.daemon.bench import overhead
+from loopwatch.daemon.bench.matrix import cells, recommend, run_cell
 from tests.daemon_process import ROOT
 from tests.helpers import run_loopwatch
 
@@ -44,7 +44,7 @@ def test_matrix_covers_every_workload_on_every_strategy() -> None:
 
 def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
     """Blocking a CPU loop lags the loop; the process pool does not."""
-    tiny = {"cpu": ("daemon.workloads:countdown", {"n": 300_000}, {"n": 300_000})}
+    tiny = {"cpu": ("loopwatch.daemon.workloads:countdown", {"n": 300_000}, {"n": 300_000})}
     rows = {s.strategy: run_cell(s) for s in cells(quick=True, seconds=0.5, workloads=tiny)}
     assert set(rows) == {
         "blocking",
@@ -65,7 +65,7 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
     """``--target`` runs the applicable strategies, recommends one, writes the files."""
     result = run_loopwatch(
         "bench", "--quick", "--seconds", "0.4",
-        "--target", "daemon.workloads:countdown", "--kwargs", '{"n": 200000}',
+        "--target", "loopwatch.daemon.workloads:countdown", "--kwargs", '{"n": 200000}',
         "--out", str(tmp_path), timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -141,13 +141,11 @@ def test_recommendation_on_synthetic_measurements(
 
 def test_cli_without_matplotlib_skips_the_chart_and_names_the_extra(tmp_path: Path) -> None:
     """A plain install has no matplotlib: one line naming ``loopwatch[bench]``, no traceback."""
-    no_matplotlib = (
-        "import sys; sys.modules['matplotlib'] = None; from daemon.cli import main; main()"
-    )
+    no_matplotlib = "import sys; sys.modules['matplotlib'] = None; from loopwatch.daemon.cli import main; main()"
     result = subprocess.run(
         [
             sys.executable, "-c", no_matplotlib, "bench", "--quick", "--seconds", "0.3",
-            "--target", "daemon.workloads:countdown", "--kwargs", '{"n": 1000}', "--out", str(tmp_path),
+            "--target", "loopwatch.daemon.workloads:countdown", "--kwargs", '{"n": 1000}', "--out", str(tmp_path),
         ],
         capture_output=True, text=True, timeout=300, cwd=ROOT, check=False,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.cli import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, run_cli
+from loopwatch.daemon.cli import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, run_cli
 from tests.helpers import free_port, worker_toml
 
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import DaemonConfig, default_toml, format_loc, load_config
-from daemon.errors import ConfigError
+from loopwatch.daemon.config import DaemonConfig, default_toml, format_loc, load_config
+from loopwatch.daemon.errors import ConfigError
 from tests.helpers import worker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +36,9 @@ def test_embedded_default_runs_the_three_demo_workers() -> None:
     """One I/O worker on thread, one CPU worker on process, one on cooperative."""
     cfg = load_config(None, {})
     assert [(w.target, w.strategy) for w in cfg.workers] == [
-        ("daemon.workloads:blocking_io", "thread"),
-        ("daemon.workloads:countdown", "process"),
-        ("daemon.workloads:countdown", "cooperative"),
+        ("loopwatch.daemon.workloads:blocking_io", "thread"),
+        ("loopwatch.daemon.workloads:countdown", "process"),
+        ("loopwatch.daemon.workloads:countdown", "cooperative"),
     ]
     assert (cfg.metrics.host, cfg.metrics.port) == ("127.0.0.1", 9321)
 
@@ -143,24 +143,24 @@ def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: st
             'workers[0]: strategy "executor" needs executor = "module:factory"',
         ),
         (
-            {"executor": "daemon.executors:daemon_thread_executor"},
+            {"executor": "loopwatch.daemon.executors:daemon_thread_executor"},
             'workers[0]: executor is only used with strategy "executor", not "process"',
         ),
         (
-            {"target": "daemon.nowhere:fn"},
-            'workers[0].target: cannot import module "daemon.nowhere" of "daemon.nowhere:fn"',
+            {"target": "loopwatch.daemon.nowhere:fn"},
+            'workers[0].target: cannot import module "loopwatch.daemon.nowhere" of "loopwatch.daemon.nowhere:fn"',
         ),
         (
-            {"target": "daemon.workloads:missing"},
-            'workers[0].target: module "daemon.workloads" has no attribute "missing"',
+            {"target": "loopwatch.daemon.workloads:missing"},
+            'workers[0].target: module "loopwatch.daemon.workloads" has no attribute "missing"',
         ),
         (
-            {"target": "daemon.workloads:CHUNK"},
-            'workers[0].target: "daemon.workloads:CHUNK" names a int, not a callable',
+            {"target": "loopwatch.daemon.workloads:CHUNK"},
+            'workers[0].target: "loopwatch.daemon.workloads:CHUNK" names a int, not a callable',
         ),
         (
             {"kwargs": {"m": 1}},
-            "workers[0].kwargs: do not fit \"daemon.workloads:countdown\": got an unexpected keyword argument 'm'",
+            "workers[0].kwargs: do not fit \"loopwatch.daemon.workloads:countdown\": got an unexpected keyword argument 'm'",
         ),
         (
             {"target": "tests.targets:async_target", "strategy": "thread"},
@@ -176,15 +176,15 @@ def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: st
         ),
         (
             {
-                "target": "daemon.workloads:http_get",
+                "target": "loopwatch.daemon.workloads:http_get",
                 "kwargs": {"url": "http://x"},
                 "strategy": "cooperative",
             },
-            'workers[0].target: strategy "cooperative" needs a generator function, and "daemon.workloads:http_get" is a plain function: write it with `yield` at safe points',
+            'workers[0].target: strategy "cooperative" needs a generator function, and "loopwatch.daemon.workloads:http_get" is a plain function: write it with `yield` at safe points',
         ),
         (
-            {"strategy": "executor", "executor": "daemon.executors:nothing"},
-            'workers[0].executor: module "daemon.executors" has no attribute "nothing"',
+            {"strategy": "executor", "executor": "loopwatch.daemon.executors:nothing"},
+            'workers[0].executor: module "loopwatch.daemon.executors" has no attribute "nothing"',
         ),
     ],
 )
@@ -437,8 +437,11 @@ def test_a_config_with_problems_leaves_sys_path_as_it_was(tmp_path: Path) -> Non
             'workers[0]: setup_kwargs needs setup = "module:function"',
         ),
         (
-            {"setup": "tests.targets:http_session", "target": "daemon.workloads:countdown"},
-            'workers[0].kwargs: do not fit "daemon.workloads:countdown" called with the setup\'s resource first',
+            {
+                "setup": "tests.targets:http_session",
+                "target": "loopwatch.daemon.workloads:countdown",
+            },
+            'workers[0].kwargs: do not fit "loopwatch.daemon.workloads:countdown" called with the setup\'s resource first',
         ),
     ],
 )

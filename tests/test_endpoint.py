@@ -21,11 +21,11 @@ import pytest
 import trustme
 from prometheus_client import CollectorRegistry
 
-from daemon.app import build_app
-from daemon.config import DaemonConfig, MetricsConfig
-from daemon.endpoint import HEAD_DEADLINE_S, MAX_HEAD_BYTES, WORKERS, MetricsEndpoint
-from daemon.errors import ConfigError, EndpointError
-from daemon.metrics import Metrics
+from loopwatch.daemon.app import build_app
+from loopwatch.daemon.config import DaemonConfig, MetricsConfig
+from loopwatch.daemon.endpoint import HEAD_DEADLINE_S, MAX_HEAD_BYTES, WORKERS, MetricsEndpoint
+from loopwatch.daemon.errors import ConfigError, EndpointError
+from loopwatch.daemon.metrics import Metrics
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -234,8 +234,8 @@ def test_a_head_that_never_ends_is_cut_at_its_deadline_and_size(
 EMFILE_SCRIPT = """
 import contextlib, json, os, resource, socket, time, urllib.request
 from prometheus_client import CollectorRegistry
-from daemon.app import build_app
-from daemon.config import DaemonConfig, MetricsConfig
+from loopwatch.daemon.app import build_app
+from loopwatch.daemon.config import DaemonConfig, MetricsConfig
 from tests.helpers import free_port
 
 endpoint = build_app(

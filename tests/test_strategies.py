@@ -11,9 +11,9 @@ from time import perf_counter
 
 import pytest
 
-from daemon import workloads
-from daemon.executors import DaemonThreadExecutor
 from loopwatch import targets
+from loopwatch.daemon import workloads
+from loopwatch.daemon.executors import DaemonThreadExecutor
 from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant
 from loopwatch.strategies import (
@@ -145,7 +145,7 @@ async def test_process_close_kills_children_still_busy() -> None:
 
 async def test_executor_factory_must_return_an_executor() -> None:
     """The factory's result is checked."""
-    strategy = ExecutorStrategy.from_factory("daemon.executors:daemon_thread_executor")
+    strategy = ExecutorStrategy.from_factory("loopwatch.daemon.executors:daemon_thread_executor")
     assert isinstance(strategy.pool, DaemonThreadExecutor)
     assert await strategy.call(Call(workloads.countdown, {"n": 5}), 5.0) == 5
     await strategy.aclose(1.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from daemon.systemd import Notifier
+from loopwatch.daemon.systemd import Notifier
 
 
 @pytest.fixture

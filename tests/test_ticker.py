@@ -9,8 +9,8 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon.metrics import Metrics
-from daemon.ticker import Ticker
+from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.ticker import Ticker
 
 
 async def test_ticker_logs_drift_and_skips_missed_ticks(

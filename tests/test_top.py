@@ -7,8 +7,8 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from daemon.config import MetricsConfig
-from daemon.top import (
+from loopwatch.daemon.config import MetricsConfig
+from loopwatch.daemon.top import (
     LAG,
     Scrape,
     View,

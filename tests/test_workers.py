@@ -8,9 +8,9 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from daemon.config import ExecutorsConfig, WorkerConfig
-from daemon.metrics import Metrics
-from daemon.workers import WorkerSupervisor, backoff_s, strategy_key
+from loopwatch.daemon.config import ExecutorsConfig, WorkerConfig
+from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.workers import WorkerSupervisor, backoff_s, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
@@ -36,7 +36,7 @@ async def test_supervisor_runs_counts_and_applies_changes(
     strategies = StrategySet(ExecutorsConfig(), Occupant())
     ok = WorkerConfig(
         name="ok",
-        target="daemon.workloads:blocking_io",
+        target="loopwatch.daemon.workloads:blocking_io",
         kwargs={"seconds": 0.01},
         strategy="thread",
     )
@@ -72,7 +72,7 @@ async def test_supervisor_runs_counts_and_applies_changes(
             "loopwatch_worker_info",
             worker="ok",
             strategy="thread",
-            target="daemon.workloads:blocking_io",
+            target="loopwatch.daemon.workloads:blocking_io",
         )
         == 1
     )
@@ -86,14 +86,18 @@ async def test_supervisor_runs_counts_and_applies_changes(
             "loopwatch_worker_info",
             worker="ok",
             strategy="blocking",
-            target="daemon.workloads:blocking_io",
+            target="loopwatch.daemon.workloads:blocking_io",
         )
         == 1
     )
     assert (
         registry.get_sample_value(
             "loopwatch_worker_info",
-            {"worker": "ok", "strategy": "thread", "target": "daemon.workloads:blocking_io"},
+            {
+                "worker": "ok",
+                "strategy": "thread",
+                "target": "loopwatch.daemon.workloads:blocking_io",
+            },
         )
         is None
     )
@@ -145,7 +149,7 @@ async def test_strategy_set_keeps_unchanged_strategies_on_inherit() -> None:
     """Equal executor settings keep the same instance; changed ones get a new one."""
     occupant = Occupant()
     old = StrategySet(ExecutorsConfig(), occupant)
-    w = WorkerConfig(name="w", target="daemon.workloads:blocking_io", strategy="thread")
+    w = WorkerConfig(name="w", target="loopwatch.daemon.workloads:blocking_io", strategy="thread")
     thread = await old.get(strategy_key(w))
     same = StrategySet(ExecutorsConfig(), occupant)
     same.inherit(old)
@@ -163,8 +167,8 @@ def test_logs_route_stdlib_through_structlog_as_json(capsys: pytest.CaptureFixtu
     import json
     import logging
 
-    from daemon.config import LoggingConfig
-    from daemon.logs import configure_logging
+    from loopwatch.daemon.config import LoggingConfig
+    from loopwatch.daemon.logs import configure_logging
 
     stream = io.StringIO()
     configure_logging(LoggingConfig(level="warning"), stream)

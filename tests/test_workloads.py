@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import workloads
 from loopwatch import targets
+from loopwatch.daemon import workloads
 
 
 def test_countdown_yields_every_chunk_and_returns_n() -> None:

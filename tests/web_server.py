@@ -9,7 +9,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
-from daemon.top import parse_samples
+from loopwatch.daemon.top import parse_samples
 from tests.daemon_process import ROOT
 from tests.helpers import free_port
 

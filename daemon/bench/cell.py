@@ -1,6 +1,6 @@
 """One benchmark cell: a worker on one strategy, with the ticker and the probe running.
 
-Run in a fresh interpreter per cell (``python -m daemon.bench.cell SPEC_JSON``) so that
+Run in a fresh interpreter per cell (``python -m loopwatch.daemon.bench.cell SPEC_JSON``) so that
 no pool, thread or heap state leaks from one cell into the next.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from daemon.config import ExecutorsConfig, WorkerConfig
-from daemon.metrics import Metrics
-from daemon.ticker import Ticker
-from daemon.workers import Worker, strategy_key
+from loopwatch.daemon.config import ExecutorsConfig, WorkerConfig
+from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.ticker import Ticker
+from loopwatch.daemon.workers import Worker, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
 from loopwatch.strategies import Call
@@ -122,7 +122,7 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
 
 
 def main() -> None:
-    """``python -m daemon.bench.cell SPEC_JSON``: print the row as JSON on stdout."""
+    """``python -m loopwatch.daemon.bench.cell SPEC_JSON``: print the row as JSON on stdout."""
     spec = CellSpec(**json.loads(sys.argv[1]))
     print(json.dumps(asyncio.run(measure(spec))))
 

@@ -15,12 +15,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from daemon import __version__
-from daemon.bench.cell import CellSpec
-from daemon.bench.chart import write_chart
-from daemon.bench.matrix import WORKLOADS, cells, median_row, recommend, run_cell
-from daemon.errors import ConfigError, TargetError
 from loopwatch import targets
+from loopwatch.daemon import __version__
+from loopwatch.daemon.bench.cell import CellSpec
+from loopwatch.daemon.bench.chart import write_chart
+from loopwatch.daemon.bench.matrix import WORKLOADS, cells, median_row, recommend, run_cell
+from loopwatch.daemon.errors import ConfigError, TargetError
 
 
 def machine() -> dict[str, Any]:
@@ -116,7 +116,7 @@ def _run_overhead(console: Console, *, quick: bool) -> list[dict[str, Any]]:
                 [
                     sys.executable,
                     "-m",
-                    "daemon.bench.overhead",
+                    "loopwatch.daemon.bench.overhead",
                     str(payload_mb),
                     str(n),
                     str(rounds),

@@ -10,16 +10,16 @@ from dataclasses import asdict
 from statistics import median
 from typing import Any
 
-from daemon.bench.cell import CellSpec
 from loopwatch import targets
+from loopwatch.daemon.bench.cell import CellSpec
 
 # The tutorial's experiments: a blocking client, its CPU countdown, and "walk every key
 # of a multi-MB JSON".
 WORKLOADS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     # name: (target, kwargs, quick kwargs)
-    "io": ("daemon.workloads:blocking_io", {"seconds": 0.2}, {"seconds": 0.2}),
-    "cpu": ("daemon.workloads:countdown", {"n": 10_000_000}, {"n": 3_000_000}),
-    "json": ("daemon.workloads:json_walk", {"size_mb": 5}, {"size_mb": 2}),
+    "io": ("loopwatch.daemon.workloads:blocking_io", {"seconds": 0.2}, {"seconds": 0.2}),
+    "cpu": ("loopwatch.daemon.workloads:countdown", {"n": 10_000_000}, {"n": 3_000_000}),
+    "json": ("loopwatch.daemon.workloads:json_walk", {"size_mb": 5}, {"size_mb": 2}),
 }
 # (row name, strategy, executor settings). Cooperative twice: our time slice, and the
 # tutorial's fixed count (1000 safe points = its 1M iterations of countdown).
@@ -73,7 +73,7 @@ def cells(
 def run_cell(spec: CellSpec, timeout_s: float = 600.0) -> dict[str, Any]:
     """Run one cell in a fresh interpreter; returns its row."""
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.bench.cell", json.dumps(asdict(spec))],
+        [sys.executable, "-m", "loopwatch.daemon.bench.cell", json.dumps(asdict(spec))],
         capture_output=True,
         text=True,
         timeout=timeout_s,

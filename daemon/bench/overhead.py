@@ -20,10 +20,10 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from daemon.config import WorkerConfig
-from daemon.metrics import Metrics
-from daemon.workers import Worker
-from daemon.workloads import generated_document
+from loopwatch.daemon.config import WorkerConfig
+from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.workers import Worker
+from loopwatch.daemon.workloads import generated_document
 from loopwatch.strategies import ProcessStrategy, Strategy, StrategyName, ThreadStrategy
 from loopwatch.throttle import LogThrottle
 
@@ -40,7 +40,7 @@ def _loopwatch(strategy: Strategy, kwargs: dict[str, Any]) -> OneCall:
     """The real per-call path of a worker: timeout, strategy, metrics."""
     cfg = WorkerConfig.model_construct(
         name="overhead",
-        target="daemon.bench.overhead:payload_len",
+        target="loopwatch.daemon.bench.overhead:payload_len",
         kwargs=kwargs,
         strategy=cast("StrategyName", strategy.name),
         concurrency=1,
@@ -118,7 +118,7 @@ async def measure(payload_mb: float, calls: int, rounds: int) -> list[dict[str, 
 
 
 def main() -> None:
-    """``python -m daemon.bench.overhead PAYLOAD_MB CALLS ROUNDS``: rows as JSON."""
+    """``python -m loopwatch.daemon.bench.overhead PAYLOAD_MB CALLS ROUNDS``: rows as JSON."""
     payload_mb, calls, rounds = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     print(json.dumps(asyncio.run(measure(payload_mb, calls, rounds))))
 

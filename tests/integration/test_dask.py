@@ -25,7 +25,9 @@ def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeo
     """CPU calls complete on an embedded LocalCluster; lag p99 < 25 ms; errors and timeouts counted."""
     config = write_config(
         "[executors.dask]\nn_workers = 2\n"
-        + worker_toml("cpu", "daemon.workloads:countdown", "dask", "n = 1_000_000", concurrency=2)
+        + worker_toml(
+            "cpu", "loopwatch.daemon.workloads:countdown", "dask", "n = 1_000_000", concurrency=2
+        )
         + worker_toml("bad", "tests.targets:fail", "dask", 'message = "dask boom"')
         + worker_toml("slow", "tests.targets:hang", "dask", "seconds = 3", timeout=0.3)
     )
@@ -101,7 +103,7 @@ def test_scheduler_by_address_killed_and_restarted_mid_run(
         f'[executors.dask]\naddress = "{dask_processes.address}"\n'
         + worker_toml(
             "remote",
-            "daemon.workloads:countdown",
+            "loopwatch.daemon.workloads:countdown",
             "dask",
             "n = 100_000",
             interval=0.05,

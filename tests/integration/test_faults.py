@@ -20,7 +20,9 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 
-OK_WORKER = worker_toml("ok", "daemon.workloads:countdown", "process", {"n": 10_000}, interval=0.05)
+OK_WORKER = worker_toml(
+    "ok", "loopwatch.daemon.workloads:countdown", "process", {"n": 10_000}, interval=0.05
+)
 
 
 def test_crashing_targets_in_pool_children(
@@ -115,7 +117,7 @@ def test_leaking_children_are_recycled_with_max_tasks_per_child(
 
 toml_values = st.one_of(
     st.integers(-5, 70000), st.floats(-1, 1e6, allow_nan=False), st.text(max_size=8),
-    st.booleans(), st.sampled_from(["thread", "process", "cooperative", "daemon.workloads:countdown", "x:y"]),
+    st.booleans(), st.sampled_from(["thread", "process", "cooperative", "loopwatch.daemon.workloads:countdown", "x:y"]),
 )  # fmt: skip
 sections = st.sampled_from(
     [

@@ -32,7 +32,9 @@ def test_utilization_is_near_0_idle_and_near_1_under_a_cooperative_cpu_worker(
     assert idle.stop() == 0
     busy = start_daemon(
         write_config(
-            worker_toml("coop", "daemon.workloads:countdown", "cooperative", {"n": 50_000_000})
+            worker_toml(
+                "coop", "loopwatch.daemon.workloads:countdown", "cooperative", {"n": 50_000_000}
+            )
         )
     )
     busy.wait_ready()

@@ -20,13 +20,13 @@ WORKERS = """
 timeout = 5.0
 [[workers]]
 name = "io"
-target = "daemon.workloads:blocking_io"
+target = "loopwatch.daemon.workloads:blocking_io"
 kwargs = { seconds = 0.05 }
 strategy = "thread"
 concurrency = 2
 [[workers]]
 name = "cpu"
-target = "daemon.workloads:countdown"
+target = "loopwatch.daemon.workloads:countdown"
 kwargs = { n = 200_000 }
 strategy = "process"
 """
@@ -137,7 +137,7 @@ strategy = "process"
 def test_4_bad_config_exits_78_before_binding(tmp_path: Path, write_config: WriteConfig) -> None:
     """4. A bad config exits 78 with the key path and never binds the port."""
     config = write_config(
-        '[[workers]]\nname = "x"\ntarget = "daemon.workloads:countdown"\nstrategy = "teleport"\n'
+        '[[workers]]\nname = "x"\ntarget = "loopwatch.daemon.workloads:countdown"\nstrategy = "teleport"\n'
     )
     result = run_loopwatch("run", "-c", str(config), timeout=30)
     assert result.returncode == 78

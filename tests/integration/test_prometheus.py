@@ -60,7 +60,7 @@ strategy = "blocking"
 interval = 0.1
 [[workers]]
 name = "io"
-target = "daemon.workloads:blocking_io"
+target = "loopwatch.daemon.workloads:blocking_io"
 kwargs = { seconds = 0.05 }
 strategy = "thread"
 """

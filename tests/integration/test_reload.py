@@ -65,7 +65,12 @@ def test_adding_and_removing_workers(write_config: WriteConfig, start_daemon: St
     daemon.wait_ready()
     wait_tasks(daemon, "old", "thread")
     write_config(
-        one_worker("process", name="new", target="daemon.workloads:countdown", kwargs="n = 100_000")
+        one_worker(
+            "process",
+            name="new",
+            target="loopwatch.daemon.workloads:countdown",
+            kwargs="n = 100_000",
+        )
     )
     daemon.signal(signal.SIGHUP)
     reloaded = daemon.wait_event("config_reloaded")

@@ -89,19 +89,19 @@ def test_healthy_loop_reports_no_stall(
 interval = 0.25
 [[workers]]
 name = "io"
-target = "daemon.workloads:blocking_io"
+target = "loopwatch.daemon.workloads:blocking_io"
 kwargs = { seconds = 0.01 }
 strategy = "thread"
 concurrency = 4
 [[workers]]
 name = "cpu"
-target = "daemon.workloads:countdown"
+target = "loopwatch.daemon.workloads:countdown"
 kwargs = { n = 2_000_000 }
 strategy = "process"
 concurrency = 2
 [[workers]]
 name = "coop"
-target = "daemon.workloads:countdown"
+target = "loopwatch.daemon.workloads:countdown"
 kwargs = { n = 2_000_000 }
 strategy = "cooperative"
 """

@@ -21,7 +21,7 @@ def test_blocking_shows_lag_above_quarter_second(
 ) -> None:
     """``blocking`` I/O holds the loop: lag samples land above 0.25 s, ticks drift."""
     config = write_config(
-        worker_toml("io", "daemon.workloads:blocking_io", "blocking", "seconds = 0.3")
+        worker_toml("io", "loopwatch.daemon.workloads:blocking_io", "blocking", "seconds = 0.3")
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
@@ -43,7 +43,7 @@ def test_process_keeps_lag_p99_under_10ms_while_cpu_work_completes(
 ) -> None:
     """CPU work in the process pool completes while loop lag p99 stays under 10 ms."""
     config = write_config(
-        worker_toml("cpu", "daemon.workloads:countdown", "process", "n = 3_000_000")
+        worker_toml("cpu", "loopwatch.daemon.workloads:countdown", "process", "n = 3_000_000")
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
@@ -59,13 +59,13 @@ def test_cooperative_and_executor_strategies_run_generators(
 ) -> None:
     """Generators run on ``cooperative`` (sliced) and on a custom Executor (to completion)."""
     config = write_config(
-        worker_toml("coop", "daemon.workloads:countdown", "cooperative", "n = 1_000_000")
+        worker_toml("coop", "loopwatch.daemon.workloads:countdown", "cooperative", "n = 1_000_000")
         + worker_toml(
             "custom",
-            "daemon.workloads:json_walk",
+            "loopwatch.daemon.workloads:json_walk",
             "executor",
             "size_mb = 0.2",
-            executor="daemon.executors:daemon_thread_executor",
+            executor="loopwatch.daemon.executors:daemon_thread_executor",
         )
     )
     daemon = start_daemon(config)
@@ -89,7 +89,7 @@ def test_flaky_failing_and_hanging_targets_are_counted_and_the_daemon_goes_on(
             "flaky", "tests.targets:flaky", "process", f'every = 2, marker = "{tmp_path}/n"'
         )
         + worker_toml("slow", "tests.targets:hang", "thread", "seconds = 0.5", timeout=0.1)
-        + worker_toml("ok", "daemon.workloads:blocking_io", "thread", "seconds = 0.01")
+        + worker_toml("ok", "loopwatch.daemon.workloads:blocking_io", "thread", "seconds = 0.01")
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
@@ -137,7 +137,7 @@ def test_worker_in_a_pool_child_that_exits_hard(
     """A target that kills its own pool process every time: errors, back-off, daemon lives."""
     config = write_config(
         worker_toml("suicide", "tests.targets:die", "process")
-        + worker_toml("ok", "daemon.workloads:blocking_io", "thread", "seconds = 0.01")
+        + worker_toml("ok", "loopwatch.daemon.workloads:blocking_io", "thread", "seconds = 0.01")
     )
     daemon = start_daemon(config)
     daemon.wait_ready()

@@ -73,7 +73,7 @@ def test_ready_status_watchdog_reload_and_stopping(
 ) -> None:
     """READY after the endpoint is bound, WATCHDOG pings, RELOADING/READY around SIGHUP, STOPPING."""
     config = write_config(
-        '[[workers]]\nname = "io"\ntarget = "daemon.workloads:blocking_io"\nkwargs = { seconds = 0.05 }\n'
+        '[[workers]]\nname = "io"\ntarget = "loopwatch.daemon.workloads:blocking_io"\nkwargs = { seconds = 0.05 }\n'
     )
     daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "400000"})
     ready = systemd.wait_for("READY=1")
@@ -122,7 +122,7 @@ def test_sigterm_during_start_up_exits_0_with_no_child_and_no_ready(
     """SIGTERM while a pool warms up or Dask connects: exit 0, nothing left, no READY."""
     config = write_config(
         '[executors.process]\nstart_method = "spawn"\nmax_workers = 2\n'
-        + worker_toml("w", "daemon.workloads:countdown", strategy, {"n": 1000})
+        + worker_toml("w", "loopwatch.daemon.workloads:countdown", strategy, {"n": 1000})
     )
     daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path})
     # The pool or the cluster is starting: its first children exist, READY is not sent.

@@ -25,8 +25,10 @@ from tests.helpers import (
 pytestmark = pytest.mark.integration
 
 WORKERS = worker_toml(
-    "io", "daemon.workloads:blocking_io", "thread", "seconds = 0.02"
-) + worker_toml("stuck", "daemon.workloads:blocking_io", "blocking", "seconds = 0.3", interval=0.5)
+    "io", "loopwatch.daemon.workloads:blocking_io", "thread", "seconds = 0.02"
+) + worker_toml(
+    "stuck", "loopwatch.daemon.workloads:blocking_io", "blocking", "seconds = 0.3", interval=0.5
+)
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "120"}
 
 
@@ -103,14 +105,18 @@ def test_live_view_follows_a_stall_in_a_real_terminal(
     """A stall in progress shows while it lasts, then in the last stalls; Ctrl-C exits 0."""
     tool, session = tmux
     config = write_config(
-        worker_toml("io", "daemon.workloads:blocking_io", "thread", "seconds = 0.02")
+        worker_toml("io", "loopwatch.daemon.workloads:blocking_io", "thread", "seconds = 0.02")
         + worker_toml(
-            "slow", "daemon.workloads:blocking_io", "blocking", "seconds = 2.0", interval=3.0
+            "slow",
+            "loopwatch.daemon.workloads:blocking_io",
+            "blocking",
+            "seconds = 2.0",
+            interval=3.0,
         )
     )
     daemon = start_daemon(config)
     daemon.wait_ready()
-    command = f"PYTHONPATH={ROOT} {sys.executable} -m daemon top -c {config} --interval 0.2; echo TOP-EXIT=$?"
+    command = f"PYTHONPATH={ROOT} {sys.executable} -m loopwatch.daemon top -c {config} --interval 0.2; echo TOP-EXIT=$?"
     subprocess.run([tool, "send-keys", "-t", session, command, "Enter"], check=True)
     wait_pane(tool, session, "workers")
     wait_pane(tool, session, "STALL IN PROGRESS")  # the 2 s block, while it lasts
