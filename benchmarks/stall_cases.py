@@ -98,11 +98,11 @@ async def case_back_to_back(truth: Truth) -> None:
 
 
 async def case_gil_thread(truth: Truth) -> None:
-    from loopwatch.occupant import run_tracked  # what loopwatch's pools run: names the worker
+    from loopwatch.occupant import run_timed  # what loopwatch's pools run: names the worker
 
     def timed() -> None:
         started = time.perf_counter()
-        run_tracked("parser", hold_gil, (), {})
+        run_timed("parser", hold_gil, (), {})
         truth.culprits.append(("hold_gil", time.perf_counter() - started, "gil"))
 
     # A real pool: its thread stays after the call, as in any service (ends with the run).

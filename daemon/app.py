@@ -10,14 +10,13 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
-import prometheus_client
 import structlog
 from prometheus_client import CollectorRegistry
 
 from loopwatch.daemon import __version__
 from loopwatch.daemon.config import DaemonConfig, load_config
 from loopwatch.daemon.endpoint import MetricsEndpoint
-from loopwatch.daemon.errors import LoopwatchError
+from loopwatch.daemon.errors import ConfigError, LoopwatchError
 from loopwatch.daemon.logs import configure_logging
 from loopwatch.daemon.metrics import Metrics
 from loopwatch.daemon.systemd import Notifier
@@ -32,6 +31,8 @@ log = structlog.get_logger("loopwatch")
 STATUS_INTERVAL_S = 5.0
 FAILURE_LOG_WINDOW_S = 10.0
 # Settings read once at start: a reload reports them instead of applying them.
+# What a start-up failure's log line says to do when its error knows no better.
+DEFAULT_FIX = "fix the cause above, check the config with `loopwatch check`, then restart"
 RESTART_ONLY = ("daemon", "metrics")
 
 
@@ -44,8 +45,6 @@ def build_app(
     environ: Mapping[str, str] | None = None,
 ) -> App:
     """Every runtime object of the daemon, built from a validated config; nothing runs yet."""
-    # `_created` series double the series count and no alert or panel uses them.
-    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry() if registry is None else registry
     metrics = Metrics(registry, loop_name=cfg.daemon.loop)
     watcher = Watcher(
@@ -125,7 +124,7 @@ class App:
             await self.supervisor.start(self.cfg.workers, self.strategies)
         except LoopwatchError as exc:
             # A strategy could not start (a Dask scheduler down, a factory failing).
-            log.error("startup_failed", error=str(exc), fix=_fix_for(exc))
+            log.error("startup_failed", error=str(exc), fix=exc.fix or DEFAULT_FIX)
             self.failure = exc
             loop.stop()
             return
@@ -207,12 +206,16 @@ class App:
             await self._reload()
         except asyncio.CancelledError:
             raise
+        except ConfigError as exc:
+            self._reload_failed(exc.message, exc.details)
         except Exception as exc:
-            self.metrics.config_reloads.labels(outcome="failure").inc()
-            details = getattr(exc, "details", None) or [str(exc)]
-            log.error("config_reload_failed", error=str(exc).splitlines()[0], errors=details)
+            self._reload_failed(str(exc).splitlines()[0] if str(exc) else repr(exc), [str(exc)])
         finally:
             self.notifier.ready(self._status_text())
+
+    def _reload_failed(self, error: str, details: list[str]) -> None:
+        self.metrics.config_reloads.labels(outcome="failure").inc()
+        log.error("config_reload_failed", error=error, errors=details)
 
     async def _reload(self) -> None:
         new = load_config(self.config_path, self._environ)
@@ -263,16 +266,6 @@ class App:
     def _status_text(self) -> str:
         p99_ms = self.watcher.probe.recent_quantile(0.99) * 1000
         return f"loop lag p99 {p99_ms:.1f} ms, {len(self.supervisor.workers)} workers"
-
-
-def _fix_for(exc: LoopwatchError) -> str:
-    """What to do about a start-up failure, for the log line."""
-    text = str(exc)
-    if "Dask" in text:
-        return "start the Dask scheduler or fix executors.dask.address, then restart"
-    if "factory" in text:
-        return "fix the executor factory named in the worker's `executor` key, then restart"
-    return "fix the cause above, check the config with `loopwatch check`, then restart"
 
 
 def _log_task_failed(fields: dict[str, Any]) -> None:

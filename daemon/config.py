@@ -11,7 +11,7 @@ import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import structlog
 from pydantic import (
@@ -20,25 +20,17 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     model_validator,
 )
 
 from loopwatch import targets
 from loopwatch.daemon.errors import ConfigError
-from loopwatch.errors import TargetError
-from loopwatch.strategies import StrategyName
-from loopwatch.strategies.process import StartMethod
+from loopwatch.errors import StrategyError, TargetError
+from loopwatch.strategies import STRATEGIES, strategy_class
 
 ENV_PREFIX = "LOOPWATCH_"
 ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
-
-# Strategies that call the target as a plain function (all but cooperative, which
-# drives a generator): an ``async def`` target would only make a coroutine object.
-PLAIN_CALL_STRATEGIES: frozenset[StrategyName] = frozenset(
-    {"blocking", "thread", "process", "executor", "dask"}
-)
-# Strategies that send the target and its kwargs to another process.
-PICKLED_STRATEGIES: frozenset[StrategyName] = frozenset({"process", "dask"})
 
 log = structlog.get_logger("loopwatch.config")
 
@@ -143,50 +135,35 @@ class ShutdownConfig(_Model):
     timeout: NonNegativeFloat = 10.0
 
 
-class ThreadExecutorConfig(_Model):
-    """``[executors.thread]``: the shared ThreadPoolExecutor."""
-
-    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
+class StrategySections(_Model):
+    """``[executors.*]``: one section per strategy that has settings, named after it."""
 
 
-class ProcessExecutorConfig(_Model):
-    """``[executors.process]``: the shared ProcessPoolExecutor."""
-
-    max_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    start_method: StartMethod = "forkserver"
-    # Replace a child after this many calls: bounds what a leaking target can hold.
-    # (Not with start_method = "fork", where the standard library refuses it.)
-    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
-
-    @model_validator(mode="after")
-    def _recycling_needs_no_fork(self) -> Self:
-        if self.max_tasks_per_child is not None and self.start_method == "fork":
-            raise ValueError('max_tasks_per_child needs start_method "spawn" or "forkserver"')
-        return self
-
-
-class CooperativeExecutorConfig(_Model):
-    """``[executors.cooperative]``: time-sliced generators on the loop."""
-
-    slice: PositiveFloat = 0.005
-    yield_every: Annotated[int, Field(ge=1)] | None = None
+if TYPE_CHECKING:
+    ExecutorsConfig = StrategySections
+else:
+    # Built from the strategy table: a strategy's settings model is its section.
+    ExecutorsConfig = create_model(
+        "ExecutorsConfig",
+        __base__=StrategySections,
+        __doc__=StrategySections.__doc__,
+        **{
+            name: (cls.Settings, cls.Settings())
+            for name, cls in STRATEGIES.items()
+            if cls.Settings is not None
+        },
+    )
 
 
-class DaskExecutorConfig(_Model):
-    """``[executors.dask]``: a Dask cluster; ``address = ""`` starts an embedded one."""
+def _known_strategy(name: str) -> str:
+    try:
+        strategy_class(name)
+    except StrategyError as exc:
+        raise ValueError(exc.message) from None
+    return name
 
-    address: str = ""
-    n_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
 
-
-class ExecutorsConfig(_Model):
-    """``[executors.*]``."""
-
-    thread: ThreadExecutorConfig = ThreadExecutorConfig()
-    process: ProcessExecutorConfig = ProcessExecutorConfig()
-    cooperative: CooperativeExecutorConfig = CooperativeExecutorConfig()
-    dask: DaskExecutorConfig = DaskExecutorConfig()
+StrategyName = Annotated[str, AfterValidator(_known_strategy)]
 
 
 class WorkerConfig(_Model):
@@ -213,9 +190,10 @@ class WorkerConfig(_Model):
 
     @model_validator(mode="after")
     def _executor_only_with_executor_strategy(self) -> Self:
-        if self.strategy == "executor" and self.executor is None:
-            raise ValueError('strategy "executor" needs executor = "module:factory"')
-        if self.strategy != "executor" and self.executor is not None:
+        needs_factory = strategy_class(self.strategy).needs_factory
+        if needs_factory and self.executor is None:
+            raise ValueError(f'strategy "{self.strategy}" needs executor = "module:factory"')
+        if not needs_factory and self.executor is not None:
             raise ValueError(
                 f'executor is only used with strategy "executor", not "{self.strategy}"'
             )
@@ -434,7 +412,7 @@ def _check_workers(cfg: DaemonConfig) -> list[str]:
             problems.append(f"{where}.target: {exc.message}")
         else:
             problems.extend(_check_target_kind(where, worker, fn))
-            if worker.strategy in PICKLED_STRATEGIES:
+            if strategy_class(worker.strategy).pickles:
                 values = {"target": fn, "kwargs": dict(worker.kwargs)}
                 problems.extend(_check_picklable(where, worker.strategy, values))
         if worker.setup is not None:
@@ -444,11 +422,17 @@ def _check_workers(cfg: DaemonConfig) -> list[str]:
                 targets.resolve(worker.executor)
             except TargetError as exc:
                 problems.append(f"{where}.executor: {exc.message}")
-        if worker.strategy == "dask" and importlib.util.find_spec("distributed") is None:
-            problems.append(
-                f'{where}.strategy: "dask" needs dask.distributed: pip install "loopwatch[dask]"'
-            )
+        problems.extend(_check_requires(where, worker.strategy))
     return problems
+
+
+def _check_requires(where: str, strategy: str) -> list[str]:
+    """An optional dependency the strategy needs, missing: the extra that installs it."""
+    requires = strategy_class(strategy).requires
+    if requires is None or importlib.util.find_spec(requires[0]) is not None:
+        return []
+    module, extra = requires
+    return [f'{where}.strategy: "{strategy}" needs {module}: pip install "loopwatch[{extra}]"']
 
 
 def _check_picklable(where: str, strategy: str, values: dict[str, object]) -> list[str]:
@@ -486,7 +470,7 @@ def _check_setup(where: str, worker: WorkerConfig, path: str) -> list[str]:
     misfit = _misfit(setup, **worker.setup_kwargs)
     if misfit is not None:
         return [f'{where}.setup_kwargs: do not fit "{path}": {misfit}']
-    if worker.strategy in PICKLED_STRATEGIES:
+    if strategy_class(worker.strategy).pickles:
         return _check_picklable(where, worker.strategy, {"setup_kwargs": dict(worker.setup_kwargs)})
     return []
 
@@ -498,7 +482,8 @@ def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> 
     if misfit is not None:
         called = "" if worker.setup is None else " called with the setup's resource first"
         return [f'{where}.kwargs: do not fit "{worker.target}"{called}: {misfit}']
-    if targets.is_async(fn) and worker.strategy in PLAIN_CALL_STRATEGIES:
+    calls = strategy_class(worker.strategy).calls
+    if targets.is_async(fn) and calls == "function":
         return [
             (
                 f'{where}.target: "{worker.target}" is an async function; strategy '
@@ -506,10 +491,10 @@ def _check_target_kind(where: str, worker: WorkerConfig, fn: targets.Target) -> 
                 "Use a synchronous function, or await it in your own async code instead"
             )
         ]
-    if worker.strategy == "cooperative" and not targets.is_generator(fn):
+    if calls == "generator" and not targets.is_generator(fn):
         return [
             (
-                f'{where}.target: strategy "cooperative" needs a generator function, and '
+                f'{where}.target: strategy "{worker.strategy}" needs a generator function, and '
                 f'"{worker.target}" is a plain function: write it with `yield` at safe points '
                 "(the strategy gives the loop back at the first yield after its time slice)"
             )

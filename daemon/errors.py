@@ -13,8 +13,7 @@ class ConfigError(LoopwatchError):
     """A config that cannot be used; ``details`` holds one line per problem."""
 
     def __init__(self, message: str, details: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, fix="correct the keys named, then `loopwatch check` the file")
         self.details = list(details)
 
     def __str__(self) -> str:

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from loopwatch.daemon import __version__
 from loopwatch.daemon.worker_stats import Buckets, WorkerCollector
 from loopwatch.metrics import WatchMetrics
-from loopwatch.strategies import CooperativeStrategy, PoolStrategy, Strategy
+from loopwatch.strategies import Strategy
 from loopwatch.strategies.set import StrategyKey
 
 Pools = Callable[[], Iterable[tuple[StrategyKey, Strategy]]]
@@ -52,16 +52,16 @@ class PoolCollector(Collector):
             labels=["worker"],
         )
         for (name, factory), strategy in list(self.source()):
-            if isinstance(strategy, PoolStrategy):
+            gauges = strategy.gauges()
+            if gauges is not None:
                 label = [factory or name]
-                if strategy.capacity is not None:
-                    workers.add_metric(label, strategy.capacity)
-                busy.add_metric(label, strategy.busy)
-                if (waiting := strategy.queued) is not None:
-                    queued.add_metric(label, waiting)
-            elif isinstance(strategy, CooperativeStrategy):
-                for worker, count in list(strategy.yields.items()):
-                    yields.add_metric([worker], count)
+                if gauges.capacity is not None:
+                    workers.add_metric(label, gauges.capacity)
+                busy.add_metric(label, gauges.busy)
+                if gauges.queued is not None:
+                    queued.add_metric(label, gauges.queued)
+            for worker, count in list(strategy.yields().items()):
+                yields.add_metric([worker], count)
         yield from (workers, busy, queued, yields)
 
 
@@ -118,5 +118,4 @@ class Metrics:
 
     def attach(self, _: StrategyKey, strategy: Strategy) -> None:
         """Record what a freshly built strategy measures (StrategySet's on_build hook)."""
-        if isinstance(strategy, PoolStrategy):
-            strategy.queue_wait = self.observe_queue_wait
+        strategy.queue_wait = self.observe_queue_wait

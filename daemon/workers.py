@@ -8,7 +8,6 @@ import itertools
 import random
 import traceback
 from collections.abc import Awaitable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any
@@ -18,7 +17,8 @@ import structlog
 from loopwatch import resources, targets
 from loopwatch.daemon.config import WorkerConfig
 from loopwatch.daemon.metrics import Metrics
-from loopwatch.strategies import ON_LOOP, Call, PoolStrategy, Strategy
+from loopwatch.errors import CallTimeoutError
+from loopwatch.strategies import Call, Strategy
 from loopwatch.strategies.set import StrategyKey, StrategySet
 from loopwatch.throttle import LogThrottle
 
@@ -113,24 +113,8 @@ class Worker:
             await self._close_resources()
 
     async def _close_resources(self) -> None:
-        """Close the resources ``setup`` made, each in its own thread (sqlite3 insists).
-
-        Process children close theirs when they exit, or at their next call of a newer
-        generation of this worker; Dask worker threads when they end.
-        """
-        if self.cfg.strategy in ON_LOOP:
-            resources.close_here([self.name])
-            return
-        strategy = self.strategy
-        if (
-            isinstance(strategy, PoolStrategy)
-            and isinstance(strategy.pool, ThreadPoolExecutor)
-            and strategy.capacity
-        ):
-            await asyncio.to_thread(
-                resources.sweep_threads, strategy.pool, strategy.capacity, [self.name],
-                RESOURCE_SWEEP_S,
-            )  # fmt: skip
+        """Close the clients ``setup`` made, each by the thread that made it (sqlite3 insists)."""
+        await self.strategy.close_clients([self.name], RESOURCE_SWEEP_S)
 
     def forget_metrics(self) -> None:
         """A worker that is gone: its info and in-flight series go (its counters stay)."""
@@ -141,7 +125,7 @@ class Worker:
     async def _slot(self) -> None:
         task = asyncio.current_task()
         assert task is not None
-        on_loop = self.cfg.strategy in ON_LOOP
+        on_loop = self.strategy.on_loop
         failures = 0
         while not self._stopping:
             self._calling.add(task)
@@ -169,10 +153,10 @@ class Worker:
         try:
             await self.strategy.call(self._call, self.cfg.timeout)
             outcome = "ok"
-        except TimeoutError as exc:
+        except CallTimeoutError as exc:
             # Counted and logged now, when the timeout passes, even if the call never ends.
             outcome = "timeout"
-            still_running = getattr(exc, "still_running", None)
+            still_running = exc.still_running
             self._log_failure("TimeoutError", f"call exceeded timeout of {self.cfg.timeout} s")
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -226,9 +210,6 @@ class Changes:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.removed or self.replaced)
 
 
 class WorkerSupervisor:

@@ -2,21 +2,32 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from loopwatch.errors import CallTimeoutError, LoopwatchError, StrategyError, TargetError
+from loopwatch.errors import (
+    CallTimeoutError,
+    LoopwatchError,
+    MissingExtraError,
+    SchedulerUnavailableError,
+    StrategyError,
+    TargetError,
+)
+from loopwatch.frames import user_code
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.offload import run_sync
+from loopwatch.stall import Culprit, StallEvent
 from loopwatch.strategies import (
+    STRATEGIES,
     STRATEGY_NAMES,
     BlockingStrategy,
     Call,
     CooperativeStrategy,
     DaskStrategy,
     ExecutorStrategy,
+    PoolGauges,
     PoolStrategy,
     ProcessStrategy,
     Strategy,
-    StrategyName,
+    StrategySettings,
     ThreadStrategy,
     build_strategy,
 )
@@ -29,20 +40,26 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "STRATEGIES",
     "STRATEGY_NAMES",
     "BlockingStrategy",
     "Call",
     "CallTimeoutError",
     "CooperativeStrategy",
+    "Culprit",
     "DaskStrategy",
     "ExecutorStrategy",
     "LoopwatchError",
+    "MissingExtraError",
     "Occupant",
+    "PoolGauges",
     "PoolStrategy",
     "ProcessStrategy",
+    "SchedulerUnavailableError",
+    "StallEvent",
     "Strategy",
     "StrategyError",
-    "StrategyName",
+    "StrategySettings",
     "TargetError",
     "ThreadStrategy",
     "WatchMetrics",
@@ -51,5 +68,6 @@ __all__ = [
     "build_strategy",
     "new_event_loop",
     "run_sync",
+    "user_code",
     "watch",
 ]

@@ -13,7 +13,6 @@ LAG_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-CAUSES = ("cpu", "wait", "gil", "gc", "starved", "unknown")
 
 
 class WatchMetrics:

@@ -23,23 +23,16 @@ from loopwatch import targets
 POOL_CALLS: dict[int, tuple[str, targets.Target]] = {}
 
 
-def run_tracked(
-    worker: str, fn: targets.Target, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run a call in a pool thread, noting which worker's target the thread runs."""
-    POOL_CALLS[get_ident()] = (worker, fn)
-    return targets.drive(fn, args, kwargs)
-
-
 def run_timed(
     worker: str, fn: targets.Target, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[float, Any]:
-    """``run_tracked``, returning when the call started with its result (the queue wait).
+    """Run a call in a pool thread, noting which worker's target the thread runs.
+
+    Returns when the call started (for its queue wait) with its result.
 
     Wall-clock time: comparable across the processes of one host and, roughly, hosts.
     """
     started = time.time()
-    # run_tracked inlined: this runs once per call, holding the GIL in a pool thread.
     POOL_CALLS[get_ident()] = (worker, fn)
     return started, targets.drive(fn, args, kwargs)
 

@@ -1,13 +1,14 @@
-"""A stall being followed: what each sample saw, charged to its interval, and the event."""
+"""A stall being followed (what each sample saw, charged to its interval) and its event."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loopwatch import causes
 
-Key = tuple[str, str | None, str]
+Key = tuple[str, str | None, causes.Cause]
 
 
 @dataclass
@@ -64,42 +65,92 @@ class Stall:
         lines = self.lines[key]
         return max(lines, key=lines.__getitem__)
 
-    def fields(self, duration: float, *, ongoing: bool) -> dict[str, Any]:
-        """The ``stall`` event."""
+    def event(self, duration: float, *, ongoing: bool) -> StallEvent:
+        """The stall as reported now."""
         ranked = sorted(self.seconds.items(), key=lambda kv: kv[1], reverse=True)
-        culprits = [
-            {
-                "culprit": self._hottest(key),
-                "worker": key[1],
-                "cause": key[2],
-                "seconds": round(s, 4),
-            }
-            for key, s in ranked
-        ]
+        culprits = tuple(
+            Culprit(self._hottest(key), key[1], key[2], round(s, 4)) for key, s in ranked
+        )
         top = self.first[ranked[0][0]] if ranked else Sample("unknown", None, "unknown", [])
+        return StallEvent(
+            duration=round(duration, 4),
+            cause=top.cause,
+            culprit=culprits[0].culprit if culprits else "unknown",
+            worker=top.worker,
+            stack=tuple(top.stack),
+            culprits=culprits,
+            ongoing=ongoing,
+            loop_cpu=round(self.loop_cpu_s, 4),
+            task=top.task,
+            request=top.request,
+            gc_seconds=round(self.gc_s, 4) if self.gc_s > 0 else None,
+            gc_generation=self.gc_generation if self.gc_s > 0 else None,
+            run_queue_wait=round(self.queue_wait_s, 4) if self.queue_wait_s > 0 else None,
+            gil_holders=tuple(sorted(self.holders)),
+            dump=self.dump,
+        )
+
+
+@dataclass(frozen=True)
+class Culprit:
+    """One piece of a stall: the user's line, its worker, the cause, and its share."""
+
+    culprit: str
+    worker: str | None
+    cause: causes.Cause
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StallEvent:
+    """A stall, as the ``stall`` log line tells it; see shared contract "Stall diagnosis".
+
+    Reported while the loop is still stuck (``ongoing`` true, about half a second past
+    the threshold) and again when it ends, with the final figures. ``culprit`` is the
+    innermost line of the user's code (``file:line function``); ``culprits`` split the
+    stall by culprit, largest first, and their ``seconds`` add up to ``duration``.
+    """
+
+    duration: float
+    cause: causes.Cause
+    culprit: str
+    worker: str | None
+    stack: tuple[str, ...]
+    culprits: tuple[Culprit, ...]
+    ongoing: bool
+    loop_cpu: float
+    task: str | None = None
+    request: str | None = None
+    gc_seconds: float | None = None
+    gc_generation: int | None = None
+    run_queue_wait: float | None = None
+    gil_holders: tuple[str, ...] = ()
+    dump: str | None = None
+    # time.time() when it was reported.
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``stall`` log event's fields (optional ones only when known)."""
         out: dict[str, Any] = {
-            "duration": round(duration, 4),
-            "cause": top.cause,
-            "culprit": culprits[0]["culprit"] if culprits else "unknown",
-            "worker": top.worker,
-            "stack": top.stack,
-            "culprits": culprits,
-            "ongoing": ongoing,
-            "loop_cpu": round(self.loop_cpu_s, 4),
+            "duration": self.duration,
+            "cause": self.cause,
+            "culprit": self.culprit,
+            "worker": self.worker,
+            "stack": list(self.stack),
+            "culprits": [asdict(c) for c in self.culprits],
+            "ongoing": self.ongoing,
+            "loop_cpu": self.loop_cpu,
         }
-        if top.task is not None:
-            out["task"] = top.task
-        if top.request is not None:
-            out["request"] = top.request
-        if self.gc_s > 0:
-            out["gc_seconds"] = round(self.gc_s, 4)
-            out["gc_generation"] = self.gc_generation
-        if self.queue_wait_s > 0:
-            out["run_queue_wait"] = round(self.queue_wait_s, 4)
-        if self.holders:
-            out["gil_holders"] = sorted(self.holders)
-        if self.dump is not None:
-            out["dump"] = self.dump
+        optional = {
+            "task": self.task,
+            "request": self.request,
+            "gc_seconds": self.gc_seconds,
+            "gc_generation": self.gc_generation,
+            "run_queue_wait": self.run_queue_wait,
+            "gil_holders": list(self.gil_holders) or None,
+            "dump": self.dump,
+        }
+        out.update({k: v for k, v in optional.items() if v is not None})
         return out
 
 

@@ -26,7 +26,7 @@ from loopwatch.dump import NativeDump, stack_in_dump
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import POOL_CALLS, Occupant
 from loopwatch.probe import LagProbe
-from loopwatch.stall import Sample, Stall
+from loopwatch.stall import Sample, Stall, StallEvent
 from loopwatch.targets import unwrap
 from loopwatch.throttle import LogThrottle
 
@@ -44,6 +44,7 @@ RECENT_STALLS = 20
 SUMMARY_KEYS = ("duration", "cause", "culprit", "worker", "request", "task")
 
 Emit = Callable[[dict[str, Any]], None]
+OnStall = Callable[[StallEvent], None]
 
 
 class StallWatchdog:
@@ -58,11 +59,13 @@ class StallWatchdog:
         dump_after_s: float = 10.0,
         aggregate_window_s: float = AGGREGATE_WINDOW_S,
         emit: Emit | None = None,
+        on_stall: OnStall | None = None,
     ) -> None:
         self._probe = probe
         self._metrics = metrics
         self._occupant = occupant
         self._emit = emit if emit is not None else _log_stall
+        self._on_stall = on_stall
         self._throttle = LogThrottle(self._emit, aggregate_window_s, value_name="duration")
         self._dump_after_s = dump_after_s
         self._dump: NativeDump | None = None
@@ -281,7 +284,10 @@ class StallWatchdog:
         self._charge(stall, sample, seconds, causes.Verdict(sample.cause, loop_cpu_s=0.0))
 
     def _report(self, stall: Stall, duration: float, *, ongoing: bool) -> None:
-        fields = stall.fields(duration, ongoing=ongoing)
+        event = stall.event(duration, ongoing=ongoing)
+        if self._on_stall is not None:
+            self._deliver(event)
+        fields = event.as_dict()
         if not ongoing:
             self.recent.append(_summary(fields))
         if not stall.counted:
@@ -293,6 +299,14 @@ class StallWatchdog:
                 self._throttle.offer((fields["worker"], fields["culprit"]), fields, duration)
                 return
         self._emit(fields)
+
+    def _deliver(self, event: StallEvent) -> None:
+        on_stall = self._on_stall
+        assert on_stall is not None
+        try:
+            on_stall(event)
+        except Exception as exc:  # the receiver's bug must not stop the watching
+            log.warning("stall_receiver_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _summary(fields: dict[str, Any]) -> dict[str, Any]:

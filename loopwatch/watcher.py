@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
+from loopwatch.stall import StallEvent
 from loopwatch.utilization import BusyCollector, selector_of
 from loopwatch.watchdog import StallWatchdog
 
@@ -70,13 +73,21 @@ class Watcher:
         resolution: float = 0.01,
         stall_threshold: float = 0.1,
         dump_after: float = 10.0,
+        on_stall: Callable[[StallEvent], None] | None = None,
     ) -> None:
         check_settings(resolution, stall_threshold, dump_after)
+        self._on_stall = on_stall
+        self._subscribers: list[_Subscriber] = []
+        self._subscribers_lock = threading.Lock()
         self.metrics = metrics if metrics is not None else WatchMetrics.on(registry)
         self.occupant = occupant if occupant is not None else Occupant()
         self.probe = LagProbe(self.metrics.event_loop_lag, resolution, stall_threshold)
         self.watchdog = StallWatchdog(
-            self.probe, self.metrics, self.occupant, dump_after_s=dump_after
+            self.probe,
+            self.metrics,
+            self.occupant,
+            dump_after_s=dump_after,
+            on_stall=self._deliver,
         )
         self._busy: BusyCollector | None = None
 
@@ -91,6 +102,34 @@ class Watcher:
         Safe to call from any thread.
         """
         return list(self.watchdog.recent)
+
+    def _deliver(self, event: StallEvent) -> None:
+        """Hand a stall to the callback and the iterators (on the watchdog thread)."""
+        if self._on_stall is not None:
+            self._on_stall(event)
+        with self._subscribers_lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.put(event)
+
+    async def stall_events(self) -> AsyncIterator[StallEvent]:
+        """Every stall from now on, as a typed event, until watching stops.
+
+        Each stall comes once while the loop is still stuck (``ongoing``, if it lasts)
+        and once at its end. The loop being stuck, the ongoing event reaches the
+        iterator only once it is free again: a receiver that must act while the loop
+        is stuck (a test runner, a crash reporter) passes ``on_stall`` instead, which
+        the watchdog's own thread calls at once.
+        """
+        subscriber = _Subscriber(asyncio.get_running_loop())
+        with self._subscribers_lock:
+            self._subscribers.append(subscriber)
+        try:
+            while (event := await subscriber.queue.get()) is not None:
+                yield event
+        finally:
+            with self._subscribers_lock:
+                self._subscribers.remove(subscriber)
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start watching ``loop`` (the running loop when None), from its thread."""
@@ -107,6 +146,9 @@ class Watcher:
     def stop(self) -> None:
         """Stop watching; a stall in progress is logged with what is known of it."""
         self.watchdog.stop()
+        with self._subscribers_lock:
+            for subscriber in self._subscribers:
+                subscriber.close()
         self.probe.stop()
         if self._busy is not None:
             self.metrics.registry.unregister(self._busy)
@@ -118,17 +160,38 @@ class Watcher:
         self.probe.reconfigure(resolution, stall_threshold)
 
 
+class _Subscriber:
+    """One ``stall_events()`` iterator: its queue, fed from the watchdog thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[StallEvent | None] = asyncio.Queue()
+
+    def put(self, event: StallEvent) -> None:
+        """From the watchdog thread."""
+        # A closed loop raises RuntimeError: nobody is iterating any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def close(self) -> None:
+        """From the loop's thread: the iteration ends."""
+        self.queue.put_nowait(None)
+
+
 @asynccontextmanager
 async def watch(
     registry: CollectorRegistry | None = None,
     resolution: float = 0.01,
     stall_threshold: float = 0.1,
     dump_after: float = 10.0,
+    on_stall: Callable[[StallEvent], None] | None = None,
 ) -> AsyncIterator[Watcher]:
     """Watch the running loop for the duration of the ``async with`` block.
 
     Stalls are logged as ``stall`` events (structlog, logger ``"loopwatch"``) and the
     metrics are registered on ``registry`` (``prometheus_client.REGISTRY`` when None).
+    ``on_stall`` receives each stall as a ``StallEvent``, on the watchdog's thread, while
+    the loop may still be stuck; ``watcher.stall_events()`` iterates them on the loop.
     Raises ValueError naming a setting that is not finite or out of range. On exit,
     including by cancellation, watching stops and a stall in progress is logged.
     """
@@ -137,6 +200,7 @@ async def watch(
         resolution=resolution,
         stall_threshold=stall_threshold,
         dump_after=dump_after,
+        on_stall=on_stall,
     )
     watcher.start()
     try:

@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import prometheus_client
 import pytest
 import trustme
 from prometheus_client import CollectorRegistry
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def endpoint(registry: CollectorRegistry) -> Iterator[MetricsEndpoint]:
-    """The endpoint as the composition root builds it (which also drops ``_created``)."""
+    """The endpoint as the composition root builds it; ``_created`` dropped as `loopwatch run` does."""
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     app = build_app(DaemonConfig(metrics=MetricsConfig(port=free_port())), registry=registry)
     ep = app.endpoint
     assert ep is not None

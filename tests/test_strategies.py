@@ -61,7 +61,7 @@ async def test_blocking_overrun_is_a_timeout_after_the_fact() -> None:
 
 async def test_cooperative_slice_keeps_lag_near_the_slice() -> None:
     """A 5 ms slice: a timer waiting on the loop is late by about one slice, not the call."""
-    strategy = CooperativeStrategy(slice_s=0.005)
+    strategy = CooperativeStrategy(slice=0.005)
     task = asyncio.ensure_future(strategy.call(Call(workloads.countdown, {"n": 5_000_000}), 30.0))
     worst = await max_lag_while(task)
     assert await task == 5_000_000

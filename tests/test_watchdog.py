@@ -13,7 +13,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 
-from loopwatch.occupant import run_tracked
+from loopwatch.occupant import run_timed
 from loopwatch.watcher import Watcher
 from tests import targets as test_targets
 
@@ -135,7 +135,7 @@ async def test_a_thread_holding_the_gil_is_the_culprit(
     done, release = threading.Event(), threading.Event()
 
     def pool_thread() -> None:  # like a pool's thread: it stays after its call
-        run_tracked("hog", test_targets.native_sum, (60_000_000,), {})
+        run_timed("hog", test_targets.native_sum, (60_000_000,), {})
         done.set()
         release.wait(10)
 

@@ -82,7 +82,7 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
         name="bench",
         target=spec.target,
         kwargs=spec.kwargs,
-        strategy=strategy_name,  # type: ignore[arg-type]
+        strategy=strategy_name,
         concurrency=spec.concurrency,
         timeout=600.0,
     )

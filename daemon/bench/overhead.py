@@ -16,7 +16,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from statistics import median
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
@@ -24,7 +24,7 @@ from loopwatch.daemon.config import WorkerConfig
 from loopwatch.daemon.metrics import Metrics
 from loopwatch.daemon.workers import Worker
 from loopwatch.daemon.workloads import generated_document
-from loopwatch.strategies import ProcessStrategy, Strategy, StrategyName, ThreadStrategy
+from loopwatch.strategies import ProcessStrategy, Strategy, ThreadStrategy
 from loopwatch.throttle import LogThrottle
 
 CONCURRENT = 100
@@ -42,7 +42,7 @@ def _loopwatch(strategy: Strategy, kwargs: dict[str, Any]) -> OneCall:
         name="overhead",
         target="loopwatch.daemon.bench.overhead:payload_len",
         kwargs=kwargs,
-        strategy=cast("StrategyName", strategy.name),
+        strategy=strategy.name,
         concurrency=1,
         interval=0.0,
         timeout=60.0,

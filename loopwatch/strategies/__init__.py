@@ -1,142 +1,94 @@
 """The strategy family: how one call of a synchronous target is run from the event loop.
 
-Chosen by name, like uvicorn's loops and protocols: ``STRATEGY_NAMES`` lists them and
-``build_strategy`` is the one table that maps a name to its class. Modules group the
-strategies by where a call runs: ``inline`` (on the loop: blocking, cooperative),
-``pool`` (a concurrent.futures pool: thread, executor), ``process``, ``dask``.
+Chosen by name, like uvicorn's loops and protocols: ``STRATEGIES`` is the one table that
+maps a name to its class, and each class carries the facts about itself (its settings
+model, whether it runs on the loop, whether it pickles, what it calls, what it needs
+installed). Adding a strategy is a module of its own and a line in the table. Modules
+group the strategies by where a call runs: ``inline`` (on the loop: blocking,
+cooperative), ``pool`` (a concurrent.futures pool: thread, executor), ``process``,
+``dask``.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, assert_never, get_args
+from collections.abc import Mapping
+from typing import Any
 
 from loopwatch.errors import StrategyError
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, Strategy
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
 from loopwatch.strategies.dask import DaskStrategy
 from loopwatch.strategies.inline import BlockingStrategy, CooperativeStrategy
 from loopwatch.strategies.pool import ExecutorStrategy, PoolStrategy, ThreadStrategy
 from loopwatch.strategies.process import ProcessStrategy, StartMethod
 
 __all__ = [
-    "ON_LOOP",
+    "STRATEGIES",
     "STRATEGY_NAMES",
     "BlockingStrategy",
     "Call",
     "CooperativeStrategy",
     "DaskStrategy",
     "ExecutorStrategy",
-    "PoolSettings",
+    "PoolGauges",
     "PoolStrategy",
     "ProcessStrategy",
+    "StartMethod",
     "Strategy",
-    "StrategyName",
+    "StrategySettings",
     "ThreadStrategy",
     "build_strategy",
+    "settings_of",
 ]
 
-StrategyName = Literal["blocking", "thread", "process", "cooperative", "executor", "dask"]
-STRATEGY_NAMES: tuple[StrategyName, ...] = get_args(StrategyName)
-# Strategies whose target runs on the loop thread: the watchdog's occupant names them.
-ON_LOOP: frozenset[StrategyName] = frozenset({"blocking", "cooperative"})
+# Name -> class: everything else about a strategy is read from its class.
+STRATEGIES: Mapping[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (
+        BlockingStrategy,
+        ThreadStrategy,
+        ProcessStrategy,
+        CooperativeStrategy,
+        ExecutorStrategy,
+        DaskStrategy,
+    )
+}
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 
 
-class ThreadSettings(Protocol):
-    """What ``thread`` is built from."""
-
-    @property
-    def max_workers(self) -> int: ...
-
-
-class ProcessSettings(Protocol):
-    """What ``process`` is built from."""
-
-    @property
-    def max_workers(self) -> int: ...
-    @property
-    def start_method(self) -> StartMethod: ...
-    @property
-    def max_tasks_per_child(self) -> int | None: ...
+def strategy_class(name: str) -> type[Strategy]:
+    """The class called ``name``; StrategyError naming the known ones otherwise."""
+    cls = STRATEGIES.get(name)
+    if cls is None:
+        known = ", ".join(f"'{n}'" for n in STRATEGY_NAMES[:-1]) + f" or '{STRATEGY_NAMES[-1]}'"
+        raise StrategyError(f"Input should be {known}")
+    return cls
 
 
-class CooperativeSettings(Protocol):
-    """What ``cooperative`` is built from."""
+def settings_of(name: str, sections: Any) -> StrategySettings | None:
+    """The settings of strategy ``name`` in ``sections`` (attributes by strategy name).
 
-    @property
-    def slice(self) -> float: ...
-    @property
-    def yield_every(self) -> int | None: ...
-
-
-class DaskSettings(Protocol):
-    """What ``dask`` is built from."""
-
-    @property
-    def address(self) -> str: ...
-    @property
-    def n_workers(self) -> int: ...
-    @property
-    def threads_per_worker(self) -> int: ...
-
-
-class PoolSettings(Protocol):
-    """The settings of every strategy (the daemon's ``[executors]`` section fits it)."""
-
-    @property
-    def thread(self) -> ThreadSettings:
-        """Settings of ``thread``."""
-        ...
-
-    @property
-    def process(self) -> ProcessSettings:
-        """Settings of ``process``."""
-        ...
-
-    @property
-    def cooperative(self) -> CooperativeSettings:
-        """Settings of ``cooperative``."""
-        ...
-
-    @property
-    def dask(self) -> DaskSettings:
-        """Settings of ``dask``."""
-        ...
+    Its defaults when ``sections`` has none for it; None for a strategy without settings.
+    """
+    cls = strategy_class(name)
+    if cls.Settings is None:
+        return None
+    found = getattr(sections, name, None)
+    return found if isinstance(found, cls.Settings) else cls.Settings()
 
 
 def build_strategy(
-    name: StrategyName, settings: PoolSettings, occupant: Occupant, factory: str | None = None
+    name: str, sections: Any = None, occupant: Occupant | None = None, factory: str | None = None
 ) -> Strategy:
     """A new, not yet started strategy called ``name``; ``factory`` is for ``executor``.
 
-    Raises StrategyError when it cannot be built (a factory that fails).
+    ``sections`` holds each strategy's settings as an attribute of its name (the daemon's
+    ``[executors]`` section); missing ones take their defaults. Raises StrategyError when
+    it cannot be built (a factory that fails).
     """
-    match name:
-        case "blocking":
-            return BlockingStrategy(occupant)
-        case "thread":
-            return ThreadStrategy(max_workers=settings.thread.max_workers)
-        case "process":
-            cfg = settings.process
-            return ProcessStrategy(
-                max_workers=cfg.max_workers,
-                start_method=cfg.start_method,
-                max_tasks_per_child=cfg.max_tasks_per_child,
-            )
-        case "cooperative":
-            coop = settings.cooperative
-            return CooperativeStrategy(
-                slice_s=coop.slice, yield_every=coop.yield_every, occupant=occupant
-            )
-        case "executor":
-            if factory is None:
-                raise StrategyError('strategy "executor" needs a factory path')
-            return ExecutorStrategy.from_factory(factory)
-        case "dask":
-            dask = settings.dask
-            return DaskStrategy(
-                address=dask.address,
-                n_workers=dask.n_workers,
-                threads_per_worker=dask.threads_per_worker,
-            )
-        case _:
-            assert_never(name)
+    cls = strategy_class(name)
+    return cls.build(
+        settings_of(name, sections),
+        occupant=Occupant() if occupant is None else occupant,
+        factory=factory,
+    )

@@ -1,12 +1,26 @@
-"""The base types of the strategy family: a ``Call`` and the ``Strategy`` that runs it."""
+"""The base types of the strategy family: a ``Call`` and the ``Strategy`` that runs it.
+
+What a strategy *is* lives on its class, once: its name, its settings model, where a
+call runs, what it can call, what it needs installed. The family's table (``STRATEGIES``
+in ``loopwatch.strategies``) maps names to classes, and everything else (config
+validation, the daemon's checks and metrics) reads these facts from there.
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
+from pydantic import BaseModel, ConfigDict
+
+from loopwatch.occupant import Occupant
 from loopwatch.targets import Target
+
+# Called with (worker, strategy, seconds) for every call that started in a pool: the
+# time from submit to start, measured where the call starts.
+QueueWait = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -22,21 +36,74 @@ class Call:
     args: tuple[Any, ...] = ()
 
 
+class StrategySettings(BaseModel):
+    """Base of each strategy's settings (the daemon's ``[executors.<name>]`` section)."""
+
+    # No inf or nan, no unknown keys, no coercion: a settings typo is an error.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class PoolGauges(NamedTuple):
+    """A pool's saturation: capacity (None when unknown), calls running, calls queued."""
+
+    capacity: int | None
+    busy: int
+    queued: int | None
+
+
 class Strategy(abc.ABC):
     """Runs calls of synchronous targets from the event loop; shared by many callers."""
 
     name: ClassVar[str]
+    # Its settings model; None when it has none.
+    Settings: ClassVar[type[StrategySettings] | None] = None
+    # The target runs on the loop thread (the watchdog's occupant names the worker).
+    on_loop: ClassVar[bool] = False
+    # The target and its arguments are pickled to another process.
+    pickles: ClassVar[bool] = False
+    # What it calls: plain functions, or generator functions driven step by step.
+    calls: ClassVar[Literal["function", "generator"]] = "function"
+    # It is built from an executor factory's import path.
+    needs_factory: ClassVar[bool] = False
+    # (module, extra): an optional dependency it needs, and the extra that installs it.
+    requires: ClassVar[tuple[str, str] | None] = None
+
+    # Set by whoever records metrics; strategies that pool calls report queue waits to it.
+    queue_wait: QueueWait | None = None
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Strategy:
+        """A new, not yet started instance from its ``Settings`` (or factory path).
+
+        Raises StrategyError when it cannot be built.
+        """
 
     async def start(self) -> None:  # noqa: B027 - most strategies have nothing to warm up
         """Warm up (start pools) so the first call does not pay for it."""
 
     @abc.abstractmethod
-    async def call(self, call: Call, timeout_s: float) -> Any:
+    async def call(self, call: Call, timeout: float) -> Any:  # noqa: ASYNC109 - per call
         """Run ``call`` once and return its result.
 
-        Raises TimeoutError after ``timeout_s``; on cancellation the call is abandoned
-        the same way a timeout abandons it (see each strategy).
+        Raises CallTimeoutError after ``timeout`` seconds; on cancellation the call is
+        abandoned the same way a timeout abandons it (see each strategy).
         """
 
-    async def aclose(self, timeout_s: float) -> None:  # noqa: B027
-        """Release what the strategy holds, waiting at most ``timeout_s``."""
+    def gauges(self) -> PoolGauges | None:
+        """The pool's saturation, None for strategies that run no pool."""
+        return None
+
+    def yields(self) -> Mapping[str, int]:
+        """Times the strategy gave the loop back during each worker's calls."""
+        return {}
+
+    async def close_clients(self, owners: Collection[str], timeout: float) -> None:  # noqa: ASYNC109, B027
+        """Close the per-thread clients of ``owners`` (see ``loopwatch.resources``).
+
+        Each client is closed by the thread that made it, within ``timeout`` seconds;
+        a strategy whose threads close theirs when they end has nothing to do here.
+        """
+
+    async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109, B027
+        """Release what the strategy holds, waiting at most ``timeout`` seconds."""

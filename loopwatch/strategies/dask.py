@@ -2,7 +2,7 @@
 
 The client runs in synchronous mode, on its own IO thread; each call is a Dask future
 bridged to a ``concurrent.futures`` one (so that a call given up on can be cancelled on
-the cluster): the daemon's loop only waits on futures, so neither the scheduler's
+the cluster): the caller's loop only waits on futures, so neither the scheduler's
 chatter nor (de)serialization ever runs on it.
 ``distributed`` is imported only when a strategy connects. ``pure=False`` because
 Dask would otherwise cache the result of identical calls and never run them again.
@@ -16,15 +16,19 @@ import contextlib
 import functools
 import logging
 import threading
-from typing import Any
+from collections.abc import Collection
+from typing import Annotated, Any, Self
 
 import structlog
+from pydantic import Field
 from typing_extensions import override
 
-from loopwatch.errors import StrategyError
-from loopwatch.occupant import run_timed
-from loopwatch.strategies.base import Call
+from loopwatch.errors import MissingExtraError, SchedulerUnavailableError, StrategyError
+from loopwatch.occupant import Occupant, run_timed
+from loopwatch.strategies.base import Call, StrategySettings
 from loopwatch.strategies.pool import Expiry, PoolStrategy
+
+SCHEDULER_FIX = "start the Dask scheduler or fix executors.dask.address, then restart"
 
 log = structlog.get_logger("loopwatch.dask")
 
@@ -65,10 +69,21 @@ def _cancel_quietly(remote: Any) -> None:
 CONNECT_TIMEOUT_S = 10.0
 
 
+class DaskSettings(StrategySettings):
+    """``[executors.dask]``: a Dask cluster; ``address = ""`` starts an embedded one."""
+
+    address: str = ""
+    n_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
+
+
 class DaskStrategy(PoolStrategy):
     """A Dask ``Client`` executor; ``address = ""`` starts an embedded LocalCluster of processes."""
 
     name = "dask"
+    Settings = DaskSettings
+    pickles = True
+    requires = ("distributed", "dask")
 
     def __init__(
         self, *, address: str = "", n_workers: int = 2, threads_per_worker: int = 1
@@ -87,6 +102,21 @@ class DaskStrategy(PoolStrategy):
         self._lock = threading.Lock()
         self._reconnecting = False
 
+    @override
+    @classmethod
+    def build(
+        cls, settings: DaskSettings, *, occupant: Occupant, factory: str | None = None
+    ) -> Self:
+        return cls(
+            address=settings.address,
+            n_workers=settings.n_workers,
+            threads_per_worker=settings.threads_per_worker,
+        )
+
+    @override
+    async def close_clients(self, owners: Collection[str], timeout: float) -> None:
+        """Nothing to do here: each Dask worker thread closes its clients when it ends."""
+
     @property
     def address(self) -> str:
         """The scheduler's address (the embedded cluster's, once started)."""
@@ -98,16 +128,16 @@ class DaskStrategy(PoolStrategy):
         try:
             await asyncio.to_thread(self._connect)
         except (OSError, TimeoutError) as exc:
-            raise StrategyError(f"cannot reach Dask scheduler {self._address!r}: {exc}") from exc
+            raise SchedulerUnavailableError(
+                f"cannot reach Dask scheduler {self._address!r}: {exc}", fix=SCHEDULER_FIX
+            ) from exc
         log.info("dask_connected", scheduler=self.address, embedded=self._cluster is not None)
 
     def _connect(self) -> None:
         try:
             from distributed import Client, LocalCluster  # noqa: PLC0415 - optional extra
         except ImportError as exc:
-            raise StrategyError(
-                'strategy "dask" needs dask.distributed: pip install "loopwatch[dask]"'
-            ) from exc
+            raise MissingExtraError("dask", "dask.distributed", "dask") from exc
         if self.closed:
             raise StrategyError("dask strategy is closed: not connecting")
         if self._address:
@@ -145,7 +175,9 @@ class DaskStrategy(PoolStrategy):
             status = None if client is None else client.status
             if status in (None, "closed", "failed"):
                 self._reconnect_in_background()
-            raise StrategyError(f"Dask scheduler {self.address!r} unavailable (client {status})")
+            raise SchedulerUnavailableError(
+                f"Dask scheduler {self.address!r} unavailable (client {status})", fix=SCHEDULER_FIX
+            )
         remote = client.submit(run_timed, call.worker, call.fn, call.args, call.kwargs, pure=False)
         local: concurrent.futures.Future[Any] = concurrent.futures.Future()
         remote.add_done_callback(functools.partial(_settle, local))
@@ -177,11 +209,11 @@ class DaskStrategy(PoolStrategy):
             self._reconnecting = False
 
     @override
-    async def aclose(self, timeout_s: float) -> None:
-        """Close the client, then the embedded cluster, each within ``timeout_s``."""
+    async def aclose(self, timeout: float) -> None:
+        """Close the client, then the embedded cluster, each within ``timeout``."""
         with self._lock:
             self.closed = True
-        await asyncio.to_thread(self._close, timeout_s)
+        await asyncio.to_thread(self._close, timeout)
 
     def _close(self, timeout_s: float) -> None:
         # The client first, so it does not try to reconnect to the cluster going away.

@@ -8,15 +8,18 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Annotated, Any, Self
 
+from pydantic import Field
 from typing_extensions import override
 
-from loopwatch import targets
+from loopwatch import resources, targets
 from loopwatch.errors import CallTimeoutError, StrategyError, TargetError
-from loopwatch.occupant import run_timed
-from loopwatch.strategies.base import Call, Strategy
+from loopwatch.occupant import Occupant, run_timed
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
+
+FACTORY_FIX = "fix the executor factory named in the worker's `executor` key, then restart"
 
 
 class PoolStrategy(Strategy):
@@ -37,10 +40,18 @@ class PoolStrategy(Strategy):
         self.closed = False
         # Calls submitted and not ended; written on the loop thread only.
         self.in_flight = 0
-        # Called with (worker, strategy, seconds) for every call that started: the time
-        # from submit to start, measured in the pool where the call starts.
-        self.queue_wait: Callable[[str, str, float], None] | None = None
         self._expiry = Expiry()
+
+    @override
+    def gauges(self) -> PoolGauges:
+        return PoolGauges(self.capacity, self.busy, self.queued)
+
+    @override
+    async def close_clients(self, owners: Collection[str], timeout: float) -> None:
+        """A thread pool's threads each close their own; other pools' when they end."""
+        pool = self.pool
+        if isinstance(pool, concurrent.futures.ThreadPoolExecutor) and self.capacity:
+            await asyncio.to_thread(resources.sweep_threads, pool, self.capacity, owners, timeout)
 
     @property
     def busy(self) -> int:
@@ -57,7 +68,8 @@ class PoolStrategy(Strategy):
         return None if self.capacity is None else max(0, self.in_flight - self.capacity)
 
     @override
-    async def call(self, call: Call, timeout_s: float) -> Any:
+    async def call(self, call: Call, timeout: float) -> Any:
+        timeout_s = timeout
         submitted = time.time()
         future = self._submit(call)
         self.in_flight += 1
@@ -107,8 +119,8 @@ class PoolStrategy(Strategy):
         self.in_flight -= 1  # an abandoned call really ended (on the loop thread)
 
     @override
-    async def aclose(self, timeout_s: float) -> None:
-        """Cancel queued calls; wait up to ``timeout_s`` for running ones (never killed)."""
+    async def aclose(self, timeout: float) -> None:
+        """Cancel queued calls; wait up to ``timeout`` for running ones (never killed)."""
         self.closed = True
         self._expiry.close()
         pool = self.pool
@@ -121,7 +133,7 @@ class PoolStrategy(Strategy):
             daemon=True,
         )
         closer.start()
-        await asyncio.to_thread(closer.join, timeout_s)
+        await asyncio.to_thread(closer.join, timeout)
 
 
 class Expiry:
@@ -181,10 +193,17 @@ def _consume(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+class ThreadSettings(StrategySettings):
+    """``[executors.thread]``: the shared thread pool."""
+
+    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
+
+
 class ThreadStrategy(PoolStrategy):
     """A ThreadPoolExecutor: right for blocking I/O; CPU work in it still holds the GIL."""
 
     name = "thread"
+    Settings = ThreadSettings
 
     def __init__(self, *, max_workers: int = 4) -> None:
         self.max_workers = self.capacity = max_workers
@@ -192,14 +211,29 @@ class ThreadStrategy(PoolStrategy):
             concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="loopwatch")
         )
 
+    @override
+    @classmethod
+    def build(
+        cls, settings: ThreadSettings, *, occupant: Occupant, factory: str | None = None
+    ) -> Self:
+        return cls(max_workers=settings.max_workers)
+
 
 class ExecutorStrategy(PoolStrategy):
     """Any ``concurrent.futures.Executor`` you give it; ``aclose`` shuts it down."""
 
     name = "executor"
+    needs_factory = True
+
+    @override
+    @classmethod
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
+        if factory is None:
+            raise StrategyError('strategy "executor" needs a factory path', fix=FACTORY_FIX)
+        return cls.from_factory(factory)
 
     @classmethod
-    def from_factory(cls, factory_path: str) -> ExecutorStrategy:
+    def from_factory(cls, factory_path: str) -> Self:
         """Call the ``"module:factory"`` named and wrap the executor it returns.
 
         Raises StrategyError when the factory fails or returns something else.
@@ -207,14 +241,17 @@ class ExecutorStrategy(PoolStrategy):
         try:
             factory: Callable[[], Any] = targets.resolve(factory_path)
         except TargetError as exc:
-            raise StrategyError(exc.message) from exc
+            raise StrategyError(exc.message, fix=FACTORY_FIX) from exc
         try:
             pool = factory()
         except Exception as exc:
-            raise StrategyError(f'executor factory "{factory_path}" failed: {exc!r}') from exc
+            raise StrategyError(
+                f'executor factory "{factory_path}" failed: {exc!r}', fix=FACTORY_FIX
+            ) from exc
         if not isinstance(pool, concurrent.futures.Executor):
             raise StrategyError(
                 f'executor factory "{factory_path}" returned {type(pool).__name__}, '
-                "not a concurrent.futures.Executor"
+                "not a concurrent.futures.Executor",
+                fix=FACTORY_FIX,
             )
         return cls(pool)

@@ -10,21 +10,64 @@ import os
 import select
 import signal
 import threading
+import weakref
 from collections.abc import Awaitable
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from time import perf_counter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self, cast
 
 import structlog
+from pydantic import Field, model_validator
 from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
-from loopwatch.occupant import run_timed
-from loopwatch.strategies.base import Call
+from loopwatch.occupant import Occupant, run_timed
+from loopwatch.strategies.base import Call, StrategySettings
 from loopwatch.strategies.pool import PoolStrategy
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
+
+
+class ProcessSettings(StrategySettings):
+    """``[executors.process]``: the shared process pool."""
+
+    max_workers: Annotated[int, Field(ge=1, le=256)] = 2
+    start_method: StartMethod = "forkserver"
+    # Replace a child after this many calls: bounds what a leaking target can hold.
+    # (Not with start_method = "fork", where the standard library refuses it.)
+    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _recycling_needs_no_fork(self) -> Self:
+        if self.max_tasks_per_child is not None and self.start_method == "fork":
+            raise ValueError('max_tasks_per_child needs start_method "spawn" or "forkserver"')
+        return self
+
+
+class _Recorded:
+    """A multiprocessing context that remembers the processes a pool starts through it.
+
+    A pool's children must be killed when a call is stuck in one for good, and the
+    executor has no public way to list them; its ``mp_context.Process`` is the one
+    public door every child passes through.
+    """
+
+    def __init__(self, context: BaseContext) -> None:
+        self._context = context
+        self.children: weakref.WeakSet[BaseProcess] = weakref.WeakSet()
+
+    def Process(self, *args: Any, **kwargs: Any) -> BaseProcess:  # noqa: N802 - the context's name
+        """A new child, remembered."""
+        process: BaseProcess = self._context.Process(*args, **kwargs)  # type: ignore[attr-defined]
+        self.children.add(process)
+        return process
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
 
 log = structlog.get_logger("loopwatch.strategies")
 
@@ -58,6 +101,8 @@ class ProcessStrategy(PoolStrategy):
     """
 
     name = "process"
+    Settings = ProcessSettings
+    pickles = True
 
     def __init__(
         self,
@@ -70,16 +115,39 @@ class ProcessStrategy(PoolStrategy):
         self._start_method = start_method
         self._max_tasks_per_child = max_tasks_per_child
         self._lock = threading.Lock()
+        # Pool -> the context that started its children.
+        self._contexts: weakref.WeakKeyDictionary[concurrent.futures.Executor, _Recorded] = (
+            weakref.WeakKeyDictionary()
+        )
         super().__init__(self._new_pool())
 
+    @override
+    @classmethod
+    def build(
+        cls, settings: ProcessSettings, *, occupant: Occupant, factory: str | None = None
+    ) -> Self:
+        return cls(
+            max_workers=settings.max_workers,
+            start_method=settings.start_method,
+            max_tasks_per_child=settings.max_tasks_per_child,
+        )
+
+    def children(self, pool: concurrent.futures.Executor) -> list[BaseProcess]:
+        """The child processes ``pool`` started (living or not)."""
+        context = self._contexts.get(pool)
+        return [] if context is None else list(context.children)
+
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
+        context = _Recorded(multiprocessing.get_context(self._start_method))
+        pool = concurrent.futures.ProcessPoolExecutor(
             self.max_workers,
-            mp_context=multiprocessing.get_context(self._start_method),
+            mp_context=cast("BaseContext", context),
             initializer=_init_pool_child,
             initargs=(os.getpid(),),
             max_tasks_per_child=self._max_tasks_per_child,
         )
+        self._contexts[pool] = context
+        return pool
 
     @override
     async def start(self) -> None:
@@ -91,10 +159,10 @@ class ProcessStrategy(PoolStrategy):
         await asyncio.to_thread(_warm_up, self.pool, self.max_workers)
 
     @override
-    async def call(self, call: Call, timeout_s: float) -> Any:
+    async def call(self, call: Call, timeout: float) -> Any:
         pool = self.pool
         try:
-            return await super().call(call, timeout_s)
+            return await super().call(call, timeout)
         except BrokenProcessPool:
             self._replace(pool)
             raise
@@ -103,7 +171,7 @@ class ProcessStrategy(PoolStrategy):
                 # A child stuck in a call would hold a pool slot for good: give the call
                 # its timeout once more, then kill the pool's children and start afresh.
                 exc.still_running = asyncio.ensure_future(
-                    self._reap(exc.still_running, pool, timeout_s)
+                    self._reap(exc.still_running, pool, timeout)
                 )
             raise
 
@@ -148,29 +216,34 @@ class ProcessStrategy(PoolStrategy):
             # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
             threading.Thread(
                 target=_retire_and_warm_up,
-                args=(broken, self.pool, self.max_workers, kill),
+                args=(broken, self.children(broken), self.pool, self.max_workers, kill),
                 name="loopwatch-pool-replace",
                 daemon=True,
             ).start()
 
     @override
-    async def aclose(self, timeout_s: float) -> None:
-        """Cancel queued calls, wait for busy children up to ``timeout_s``, then kill them."""
+    async def aclose(self, timeout: float) -> None:
+        """Cancel queued calls, wait for busy children up to ``timeout``, then kill them."""
         with self._lock:
             self.closed = True
         pool = self.pool
-        processes = list(getattr(pool, "_processes", {}).values())
+        processes = [p for p in self.children(pool) if p.is_alive()]
         pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(_join_processes, processes, timeout_s)
+        await asyncio.to_thread(_join_processes, processes, timeout)
 
 
 def _retire_and_warm_up(
-    broken: concurrent.futures.Executor, fresh: concurrent.futures.Executor, n: int, kill: bool
+    broken: concurrent.futures.Executor,
+    children: list[BaseProcess],
+    fresh: concurrent.futures.Executor,
+    n: int,
+    kill: bool,
 ) -> None:
     if kill:
         # The pool breaks on the first dead child: its calls fail, their slots come back.
-        for process in list(getattr(broken, "_processes", {}).values()):
-            process.kill()
+        for process in children:
+            if process.is_alive():
+                process.kill()
     broken.shutdown(wait=False, cancel_futures=True)
     _warm_up(fresh, n)
 
@@ -180,7 +253,7 @@ def _warm_up(pool: concurrent.futures.Executor, n: int) -> None:
     concurrent.futures.wait(futures)
 
 
-def _join_processes(processes: list[Any], timeout_s: float) -> None:
+def _join_processes(processes: list[BaseProcess], timeout_s: float) -> None:
     deadline = perf_counter() + timeout_s
     for process in processes:
         process.join(max(0.0, deadline - perf_counter()))

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import assert_never
+from typing import Any
 
 import structlog
 
 from loopwatch.occupant import Occupant
-from loopwatch.strategies import PoolSettings, Strategy, StrategyName, build_strategy
+from loopwatch.strategies import Strategy, build_strategy, settings_of
 
 log = structlog.get_logger("loopwatch.strategies")
 
 # (strategy name, executor factory path or None): one instance per key.
-StrategyKey = tuple[StrategyName, str | None]
+StrategyKey = tuple[str, str | None]
 
 
 class StrategySet:
-    """Builds each strategy the first time a caller needs it and closes them all at the end."""
+    """Builds each strategy the first time a caller needs it and closes them all at the end.
+
+    ``settings`` holds each strategy's settings as an attribute of its name (the daemon's
+    ``[executors]`` section); None gives every strategy its defaults.
+    """
 
     def __init__(
         self,
-        settings: PoolSettings,
+        settings: Any,
         occupant: Occupant,
         on_build: Callable[[StrategyKey, Strategy], None] | None = None,
     ) -> None:
@@ -35,21 +39,7 @@ class StrategySet:
     def _settings_of(self, key: StrategyKey) -> object:
         """What a strategy was built from: equal settings -> the instance can be kept."""
         name, factory = key
-        match name:
-            case "blocking":
-                return None
-            case "thread":
-                return self.settings.thread
-            case "process":
-                return self.settings.process
-            case "cooperative":
-                return self.settings.cooperative
-            case "executor":
-                return factory
-            case "dask":
-                return self.settings.dask
-            case _:
-                assert_never(name)
+        return (settings_of(name, self.settings), factory)
 
     async def get(self, key: StrategyKey) -> Strategy:
         """The started strategy for ``key``; raises StrategyError when it cannot be built."""
@@ -88,13 +78,13 @@ class StrategySet:
     def __contains__(self, strategy: Strategy) -> bool:
         return any(s is strategy for s in self._strategies.values())
 
-    async def aclose(self, timeout_s: float, *, keep: StrategySet | None = None) -> None:
-        """Close every strategy, each within ``timeout_s``, except those ``keep`` holds."""
+    async def aclose(self, timeout: float, *, keep: StrategySet | None = None) -> None:  # noqa: ASYNC109
+        """Close every strategy, each within ``timeout``, except those ``keep`` holds."""
         strategies, self._strategies = list(self._strategies.values()), {}
         if keep is not None:
             strategies = [s for s in strategies if s not in keep]
         results = await asyncio.gather(
-            *(s.aclose(timeout_s) for s in strategies), return_exceptions=True
+            *(s.aclose(timeout) for s in strategies), return_exceptions=True
         )
         for strategy, result in zip(strategies, results, strict=True):
             if isinstance(result, BaseException):

@@ -1,0 +1,75 @@
+"""Stall events as typed objects: the ``on_stall`` callback and ``stall_events()``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from prometheus_client import CollectorRegistry
+
+import loopwatch
+from tests.helpers import wait_until
+
+
+def block_the_loop(seconds: float) -> None:
+    time.sleep(seconds)  # the culprit line the events must name
+
+
+async def test_on_stall_receives_each_stall_as_an_object_while_it_lasts() -> None:
+    received: list[loopwatch.StallEvent] = []
+    async with loopwatch.watch(
+        CollectorRegistry(), stall_threshold=0.05, dump_after=0, on_stall=received.append
+    ) as watcher:
+        await asyncio.sleep(0.05)
+        block_the_loop(0.8)
+        await wait_until(lambda: any(not e.ongoing for e in received), timeout=5)
+    assert watcher.stalls == 1
+    ongoing = [e for e in received if e.ongoing]
+    final = [e for e in received if not e.ongoing]
+    assert len(ongoing) == 1, "told while the loop was still stuck"
+    assert len(final) == 1
+    event = final[0]
+    assert event.cause == "wait"
+    assert event.culprit.endswith(" block_the_loop")
+    assert "test_stall_events.py:" in event.culprit
+    assert 0.6 < event.duration < 1.5
+    assert abs(sum(c.seconds for c in event.culprits) - event.duration) < 0.01
+    assert event.as_dict()["culprits"][0]["culprit"] == event.culprit
+    assert ongoing[0].at < final[0].at
+
+
+async def test_stall_events_iterates_on_the_loop_and_ends_when_watching_stops() -> None:
+    got: list[loopwatch.StallEvent] = []
+    async with loopwatch.watch(CollectorRegistry(), stall_threshold=0.05, dump_after=0) as watcher:
+
+        async def consume() -> None:
+            async for event in watcher.stall_events():
+                got.append(event)  # noqa: PERF401 - one at a time, as they come
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        block_the_loop(0.2)
+        await wait_until(lambda: bool(got), timeout=5)
+    await asyncio.wait_for(consumer, 2)
+    assert [e.ongoing for e in got] == [False]
+    assert got[0].cause == "wait"
+
+
+async def test_a_failing_receiver_does_not_stop_the_watching() -> None:
+    def broken(_: loopwatch.StallEvent) -> None:
+        raise RuntimeError("receiver bug")
+
+    with structlog.testing.capture_logs() as logs:
+        async with loopwatch.watch(
+            CollectorRegistry(), stall_threshold=0.05, dump_after=0, on_stall=broken
+        ) as watcher:
+            await asyncio.sleep(0.05)
+            block_the_loop(0.2)
+            await wait_until(lambda: watcher.stalls == 1, timeout=5)
+            await asyncio.sleep(0.05)
+            block_the_loop(0.2)
+            await wait_until(lambda: watcher.stalls == 2, timeout=5)
+    failures = [e for e in logs if e["event"] == "stall_receiver_failed"]
+    assert failures
+    assert failures[0]["error"] == "RuntimeError: receiver bug"
