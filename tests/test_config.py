@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from loopwatch.daemon import config as config_module
 from loopwatch.daemon.config import DaemonConfig, default_toml, format_loc, load_config
 from loopwatch.daemon.errors import ConfigError
 from loopwatch.strategies import ThreadStrategy, settings_of
@@ -454,3 +456,32 @@ def test_setup_errors_name_the_key(tmp_path: Path, keys: dict[str, object], erro
     assert any(line.startswith(error) for line in errors_of(tmp_path, text)), errors_of(
         tmp_path, text
     )
+
+
+def test_the_daemons_old_import_paths_still_resolve_said_once(tmp_path: Path) -> None:
+    """Configs written before the daemon moved under ``loopwatch`` keep working."""
+    path = tmp_path / "old.toml"
+    path.write_text(
+        worker_toml("a", "daemon.workloads:countdown", "thread", {"n": 10})
+        + worker_toml("b", "daemon.workloads:countdown", "thread", {"n": 10})
+        + worker_toml(
+            "c",
+            "daemon.workloads:countdown",
+            "executor",
+            {"n": 10},
+            executor="daemon.executors:daemon_thread_executor",
+        )
+    )
+    config_module._said_renamed.clear()  # said once per process: start afresh
+    with structlog.testing.capture_logs() as logs:
+        cfg = load_config(path)
+        load_config(path)
+    assert [w.target for w in cfg.workers] == ["loopwatch.daemon.workloads:countdown"] * 3
+    assert cfg.workers[2].executor == "loopwatch.daemon.executors:daemon_thread_executor"
+    said = [e for e in logs if e["event"] == "deprecated_import_path"]
+    assert {e["old"] for e in said} == {
+        "daemon.workloads:countdown",
+        "daemon.executors:daemon_thread_executor",
+    }
+    assert len(said) == 2  # once per path, however often it is loaded
+    assert all(e["new"] == "loopwatch." + e["old"] for e in said)
