@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from loopwatch.daemon.top import Samples, parse_samples
+from loopwatch.daemon.top import Samples, parse_samples, quantile
+from tests.waiting import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 Event = dict[str, Any]
@@ -119,14 +120,12 @@ class DaemonProcess:
         self, name: str, cond: Callable[[float], bool], timeout: float = 20.0, **labels: str
     ) -> float:
         """Scrape until sample ``name{labels}`` satisfies ``cond``."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = self.value(name, **labels)
-            if last is not None and cond(last):
-                return last
-            time.sleep(0.05)
-        raise AssertionError(f"{name}{labels} never satisfied the condition; last value {last}")
+
+        def satisfied() -> list[float]:
+            value = self.value(name, **labels)
+            return [value] if value is not None and cond(value) else []
+
+        return poll(satisfied, timeout=timeout, what=f"{name}{labels} satisfying the condition")[0]
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the daemon."""
@@ -161,17 +160,15 @@ class DaemonProcess:
 
 
 def histogram_quantile(samples: Samples, name: str, q: float) -> float:
-    """Upper bound of the bucket holding quantile ``q`` of histogram ``name`` (no labels)."""
-    buckets = sorted(
+    """Quantile ``q`` of histogram ``name`` (no labels), as ``loopwatch top`` computes it."""
+    buckets = [
         (float(dict(labels)["le"]), value)
         for (sample, labels), value in samples.items()
         if sample == f"{name}_bucket"
-    )
-    total = buckets[-1][1]
-    for bound, count in buckets:
-        if count >= q * total:
-            return bound
-    return float("inf")
+    ]
+    found = quantile(buckets, q)
+    assert found is not None, f"{name} has no observations"
+    return found
 
 
 def _processes() -> Iterator[tuple[int, list[str]]]:

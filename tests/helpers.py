@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -14,7 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.daemon_process import ROOT, DaemonProcess
+from tests.daemon_process import ROOT, DaemonProcess, session_members
+from tests.waiting import poll
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -118,8 +118,10 @@ def registry_value(registry: CollectorRegistry, name: str, **labels: str) -> flo
     return registry.get_sample_value(name, labels) or 0.0
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Let the loop run until ``cond()`` holds; TimeoutError after ``timeout``."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
+def no_process_left(daemon: DaemonProcess) -> None:
+    """Nothing of the daemon's session lives on: killed children get a moment to be reaped."""
+    poll(
+        lambda: session_members(daemon.pid) == [],
+        timeout=5,
+        what=f"the session of {daemon.pid} to end ({session_members(daemon.pid)} left)",
+    )

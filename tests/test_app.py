@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from loopwatch.daemon.app import App, build_app
 from loopwatch.daemon.config import load_config
 from loopwatch.daemon.systemd import Notifier
-from tests.helpers import registry_value, wait_until, worker_toml
+from tests.helpers import registry_value, worker_toml
+from tests.waiting import wait_until
 
 QUICK = worker_toml("w", "tests.targets:block", "thread", {"seconds": 0.01})
 

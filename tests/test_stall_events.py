@@ -9,7 +9,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 import loopwatch
-from tests.helpers import wait_until
+from tests.waiting import wait_until
 
 
 def block_the_loop(seconds: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from concurrent.futures.process import BrokenProcessPool
@@ -26,6 +27,7 @@ from loopwatch.strategies import (
     ThreadStrategy,
 )
 from tests import targets as test_targets
+from tests.waiting import wait_until
 
 
 async def max_lag_while(
@@ -191,9 +193,8 @@ async def test_a_local_cluster_whose_client_fails_is_closed(
     strategy = DaskStrategy(n_workers=1)
     with pytest.raises(StrategyError, match="client refused"):
         await strategy.start()
-    deadline = time.monotonic() + 10
-    while set(children_of(os.getpid())) - before and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: not set(children_of(os.getpid())) - before, timeout=10)
     left = set(children_of(os.getpid())) - before
     cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in left}
     # multiprocessing's resource tracker stays for the process's life: not the cluster's.

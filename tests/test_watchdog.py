@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from loopwatch.occupant import run_timed
 from loopwatch.watcher import Watcher
 from tests import targets as test_targets
+from tests.waiting import poll, wait_until
 
 Events = list[MutableMapping[str, Any]]
 
@@ -55,9 +57,8 @@ async def watched(
 
 async def settle(watcher: Watcher, count: int = 1) -> None:
     """Let the loop run until the watchdog has reported ``count`` stalls (or 3 s passed)."""
-    deadline = time.perf_counter() + 3.0
-    while watcher.stalls < count and time.perf_counter() < deadline:
-        await asyncio.sleep(0.02)
+    with contextlib.suppress(TimeoutError):
+        await wait_until(lambda: watcher.stalls >= count, timeout=3.0)
     await asyncio.sleep(0.05)
     watcher.stop()
 
@@ -189,16 +190,17 @@ async def test_a_long_stall_is_logged_and_counted_while_it_lasts(
 ) -> None:
     """The ongoing line comes while the loop is still stuck; the final line is not recounted."""
     watcher = await watched(registry)
-    seen_while_stuck = None
-    deadline = time.perf_counter() + 3.0
-    while time.perf_counter() < deadline:  # the loop is stuck in here
-        ongoing = [e for e in stalls if e["event"] == "stall" and e["ongoing"]]
-        if ongoing:
-            seen_while_stuck = ongoing[0]
-            counted = registry.get_sample_value("loopwatch_event_loop_stalls_total")
-            break
-        time.sleep(0.01)
-    stuck_for = time.perf_counter() - (deadline - 3.0)
+    started = time.perf_counter()
+    # The loop is stuck in here: the watchdog's thread logs meanwhile.
+    ongoing = poll(
+        lambda: [e for e in stalls if e["event"] == "stall" and e["ongoing"]],
+        timeout=3.0,
+        interval=0.01,
+        what="an ongoing stall line",
+    )
+    seen_while_stuck = ongoing[0]
+    counted = registry.get_sample_value("loopwatch_event_loop_stalls_total")
+    stuck_for = time.perf_counter() - started
     await settle(watcher)
     assert seen_while_stuck is not None
     assert stuck_for < 0.05 + 1.0 + 0.2  # within about a second of the threshold

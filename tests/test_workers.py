@@ -14,7 +14,8 @@ from loopwatch.daemon.workers import WorkerSupervisor, backoff_s, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
-from tests.helpers import registry_value, wait_until
+from tests.helpers import registry_value
+from tests.waiting import wait_until
 
 
 def test_backoff_grows_while_failing_and_resets() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Sequence
 
 from loopwatch.daemon.top import parse_samples
 from tests.daemon_process import ROOT
 from tests.helpers import free_port
+from tests.waiting import poll
 
 
 class WebServer:
@@ -28,16 +28,13 @@ class WebServer:
         assert self.proc.stdout is not None
         os.set_blocking(self.proc.stdout.fileno(), False)
         self.lines: list[str] = []
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.get(metrics_path)
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.1)
-            else:
-                return
+
+        def serving() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited ({self.proc.returncode})")
+            return bool(self.get(metrics_path) is not None)
+
+        poll(serving, timeout=30, interval=0.1, what="the server", retry_on=(OSError,))
 
     def get(self, path: str) -> str:
         """The body of ``GET path``."""

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_process import session_members
-from tests.helpers import StartDaemon, WriteConfig, run_loopwatch, wait_tasks
+from tests.helpers import StartDaemon, WriteConfig, no_process_left, run_loopwatch, wait_tasks
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +79,7 @@ def test_1_starts_serves_metrics_and_stops_on_sigterm(
         assert f'loopwatch_event_loop_lag_seconds_bucket{{le="{edge}"}}' in text, edge
     assert daemon.stop() == 0
     assert daemon.named("shutdown")
-    assert session_members(daemon.pid) == []
+    no_process_left(daemon)
     # A clean stop is no warning: aiorun's "Stopping the loop" is demoted to info.
     stopping = [e for e in daemon.events if "Stopping the loop" in str(e.get("event"))]
     assert stopping
@@ -101,7 +102,7 @@ def test_2_sigint_drains_in_flight_calls_and_leaves_no_child(
     assert time.monotonic() - started < 5.0 + 1.0
     shutdown = daemon.wait_event("shutdown")
     assert shutdown["in_flight_at_signal"] >= 2
-    assert session_members(daemon.pid) == []
+    no_process_left(daemon)
 
 
 def test_3_calls_past_the_drain_deadline_are_cancelled_not_waited_for(
@@ -130,7 +131,7 @@ strategy = "process"
     daemon.signal(signal.SIGTERM)  # a second signal neither is needed nor hangs it
     assert daemon.wait_exit(15) == 0
     assert time.monotonic() - started < 1.0 + 2.5
-    assert session_members(daemon.pid) == []
+    no_process_left(daemon)
     assert daemon.named("shutdown_stragglers")
 
 
@@ -171,10 +172,7 @@ def test_6_sigkill_leaves_nothing_that_blocks_a_restart(
     second = start_daemon(config)
     second.wait_ready()
     assert second.stop() == 0
-    deadline = time.monotonic() + 10
-    while session_members(first.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert session_members(first.pid) == []
+    poll(lambda: session_members(first.pid) == [], what="the first daemon's session gone")
 
 
 def test_7_uvloop_is_selected_by_config(
@@ -187,4 +185,4 @@ def test_7_uvloop_is_selected_by_config(
     assert 'loop="uvloop"' in daemon.scrape_text()
     wait_tasks(daemon, "cpu", "process")
     assert daemon.stop() == 0
-    assert session_members(daemon.pid) == []
+    no_process_left(daemon)

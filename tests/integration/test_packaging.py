@@ -46,31 +46,19 @@ def test_installs_next_to_python_daemon_in_either_order(
     installs = (theirs, ours) if order == "python-daemon first" else (ours, theirs)
     python = venv_with(tmp_path / "venv", *installs)
     # Run from an empty directory: the source tree's own daemon/ folder must not be seen.
-    run = tmp_path / "cwd"
-    run.mkdir()
-    check = subprocess.run(
-        [str(python.parent / "loopwatch"), "check"],
-        cwd=run,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+        )
+
+    check = run(str(python.parent / "loopwatch"), "check")
     assert check.returncode == 0, check.stderr
     assert '"workers"' in check.stdout
-    theirs_ok = subprocess.run(
-        [str(python), "-c", "import daemon; print(daemon.DaemonContext.__name__)"],
-        cwd=run,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    theirs_ok = run(str(python), "-c", "import daemon; print(daemon.DaemonContext.__name__)")
     assert theirs_ok.returncode == 0, theirs_ok.stderr
     assert theirs_ok.stdout.strip() == "DaemonContext"
-    module = subprocess.run(
-        [str(python), "-m", "loopwatch.daemon", "check"],
-        cwd=run,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    module = run(str(python), "-m", "loopwatch.daemon", "check")
     assert module.returncode == 0, module.stderr

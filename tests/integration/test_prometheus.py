@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from tests.daemon_process import ROOT, DaemonProcess
 from tests.helpers import StartDaemon, WriteConfig, free_port, require_tool
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 RULES = ROOT / "deploy/prometheus/rules/loopwatch.rules.yml"
@@ -33,19 +33,19 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
+    def ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+            return bool(response.status == 200)
+
     def query(self, expr: str) -> list[dict[str, Any]]:
         data = self.api("query", query=expr)
         result: list[dict[str, Any]] = data["result"]
         return result
 
     def wait_for(self, expr: str, timeout: float = 45.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            result = self.query(expr)
-            if result:
-                return result
-            time.sleep(0.5)
-        raise AssertionError(f"{expr} returned no data within {timeout} s")
+        return poll(
+            lambda: self.query(expr), timeout=timeout, interval=0.5, what=f"data for {expr}"
+        )
 
 
 @pytest.fixture
@@ -96,15 +96,7 @@ scrape_configs:
     )  # fmt: skip
     prom = Prometheus(f"http://127.0.0.1:{port}")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{prom.url}/-/ready", timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        poll(prom.ready, timeout=30, interval=0.2, what="Prometheus ready", retry_on=(OSError,))
         yield prom
     finally:
         proc.terminate()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import children_of, session_members
-from tests.helpers import StartDaemon, WriteConfig, worker_toml
+from tests.daemon_process import children_of
+from tests.helpers import StartDaemon, WriteConfig, no_process_left, worker_toml
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +45,16 @@ class FakeSystemd:
 
     def wait_for(self, field: str, timeout: float = 20.0) -> str:
         """The first datagram (past or new) with a line starting with ``field``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def first() -> str | None:
             for message in self.messages():
                 if any(line.startswith(field) for line in message.split("\n")):
                     return message
-            time.sleep(0.02)
-        raise AssertionError(f"no {field} within {timeout} s; got {self.received}")
+            return None
+
+        found = poll(first, timeout=timeout, interval=0.02, what=f"a {field} datagram")
+        assert found is not None
+        return found
 
     def count(self, field: str) -> int:
         return sum(field in m for m in self.messages())
@@ -90,10 +94,7 @@ def test_ready_status_watchdog_reload_and_stopping(
     reloading = systemd.wait_for("RELOADING=1")
     assert "MONOTONIC_USEC=" in reloading
     daemon.wait_event("config_reloaded")
-    deadline = time.monotonic() + 10
-    while systemd.count("READY=1") < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert systemd.count("READY=1") >= 2
+    poll(lambda: systemd.count("READY=1") >= 2, interval=0.02, what="READY=1 after the reload")
     assert daemon.stop() == 0
     systemd.wait_for("STOPPING=1")
 
@@ -126,13 +127,11 @@ def test_sigterm_during_start_up_exits_0_with_no_child_and_no_ready(
     )
     daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path})
     # The pool or the cluster is starting: its first children exist, READY is not sent.
-    deadline = time.monotonic() + 20
-    while not children_of(daemon.pid) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    poll(lambda: children_of(daemon.pid), timeout=20, interval=0.005, what="the first child")
     assert not daemon.named("startup")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(30) == 0
-    assert session_members(daemon.pid) == []
+    no_process_left(daemon)
     messages = systemd.messages()
     assert any("STOPPING=1" in m for m in messages)
     assert not any("READY=1" in m for m in messages), messages

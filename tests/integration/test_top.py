@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.helpers import (
     run_loopwatch,
     worker_toml,
 )
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -89,11 +89,16 @@ def pane(tool: str, session: str) -> str:
 
 
 def wait_pane(tool: str, session: str, text: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in (screen := pane(tool, session)):
-        assert time.monotonic() < deadline, f"{text!r} never appeared:\n{screen}"
-        time.sleep(0.1)
-    return screen
+    def showing() -> str:
+        screen = pane(tool, session)
+        return screen if text in screen else ""
+
+    return poll(
+        showing,
+        timeout=timeout,
+        interval=0.1,
+        what=f"{text!r} on the screen",
+    )
 
 
 def test_live_view_follows_a_stall_in_a_real_terminal(
