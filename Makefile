@@ -4,7 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint typecheck unit integration bench deps-system dashboard clean
+# The newest Python the machine has, for the suite's second run (CI runs both).
+PYTHON_NEXT ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
+
+.PHONY: run test test-next lint typecheck unit integration bench deps-system dashboard clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +47,18 @@ typecheck: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev deps-system lint typecheck
 	$(BIN)/pytest --cov --cov-report=term:skip-covered
 
+# The whole of `make test` again on Python 3.13, in a venv of its own.
+test-next:
+	@test -n "$(PYTHON_NEXT)" || { echo "test-next: no python3.13 on this machine"; exit 1; }
+	$(MAKE) test PYTHON=$(PYTHON_NEXT) VENV=.venv-3.13
+
+# Fast tests only (no daemon subprocess, Prometheus or cluster), and the others.
+unit: $(VENV)/.installed-dev
+	$(BIN)/pytest -m "not integration"
+
+integration: $(VENV)/.installed-dev deps-system
+	$(BIN)/pytest -m integration
+
 bench: $(VENV)/.installed-dev
 	$(BIN)/loopwatch bench --out benchmarks/results
 
@@ -51,4 +66,4 @@ dashboard: $(VENV)/.installed-dev
 	$(PY) deploy/grafana/generate.py > deploy/grafana/dashboards/loopwatch.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .coverage
+	rm -rf $(VENV) .venv-3.13 .mypy_cache .ruff_cache .pytest_cache .coverage

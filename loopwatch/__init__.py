@@ -1,6 +1,14 @@
 """loopwatch: watch any asyncio loop, name what blocks it and why, and run sync code off it."""
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
+
+if sys.platform != "linux":  # pragma: no cover - the tests run where loopwatch runs
+    # Said now, in one line, rather than as an AttributeError deep in a watchdog thread.
+    raise ImportError(
+        f"loopwatch runs on Linux only (it reads /proc and uses fcntl and pidfd_open); "
+        f"this is {sys.platform}"
+    )
 
 from loopwatch.errors import (
     CallTimeoutError,
