@@ -21,7 +21,7 @@ from loopwatch.errors import (
 from loopwatch.frames import user_code
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
-from loopwatch.offload import run_sync
+from loopwatch.offload import Offload, run_sync, set_default_threads
 from loopwatch.stall import Culprit, StallEvent
 from loopwatch.strategies import (
     STRATEGIES,
@@ -39,6 +39,7 @@ from loopwatch.strategies import (
     ThreadStrategy,
     build_strategy,
 )
+from loopwatch.threadpool import ThreadPool
 from loopwatch.utilization import new_event_loop
 from loopwatch.watcher import Watcher, watch
 
@@ -60,6 +61,7 @@ __all__ = [
     "LoopwatchError",
     "MissingExtraError",
     "Occupant",
+    "Offload",
     "PoolGauges",
     "PoolStrategy",
     "ProcessStrategy",
@@ -69,6 +71,7 @@ __all__ = [
     "StrategyError",
     "StrategySettings",
     "TargetError",
+    "ThreadPool",
     "ThreadStrategy",
     "WatchMetrics",
     "Watcher",
@@ -76,6 +79,7 @@ __all__ = [
     "build_strategy",
     "new_event_loop",
     "run_sync",
+    "set_default_threads",
     "user_code",
     "watch",
 ]

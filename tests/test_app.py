@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from loopwatch.daemon.app import App, build_app
 from loopwatch.daemon.config import load_config
 from loopwatch.daemon.systemd import Notifier
+from loopwatch.strategies import ProcessStrategy
 from tests.helpers import registry_value, worker_toml
 from tests.waiting import wait_until
 
@@ -147,7 +148,8 @@ async def test_a_pool_no_worker_uses_any_more_is_closed_on_reload(
     await app.reload()
     await wait_until(lambda: done(registry, "p", "process") >= 1)
     process = app.supervisor.workers["p"].strategy
-    children = list(process.pool._processes.values())  # type: ignore[attr-defined]
+    assert isinstance(process, ProcessStrategy)
+    children = process.children(process.pool)
     thread = app.supervisor.workers["w"].strategy
     config.write_text('[metrics]\nport = 0\n[executors.process]\nstart_method = "fork"\n' + QUICK)
     await app.reload()

@@ -5,8 +5,8 @@ maps a name to its class, and each class carries the facts about itself (its set
 model, whether it runs on the loop, whether it pickles, what it calls, what it needs
 installed). Adding a strategy is a module of its own and a line in the table. Modules
 group the strategies by where a call runs: ``inline`` (on the loop: blocking,
-cooperative), ``pool`` (a concurrent.futures pool: thread, executor), ``process``,
-``dask``.
+cooperative), ``thread`` (loopwatch's own thread pool), ``pool`` (any
+concurrent.futures executor), ``process``, ``dask``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from loopwatch.occupant import Occupant
 from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
 from loopwatch.strategies.dask import DaskStrategy
 from loopwatch.strategies.inline import BlockingStrategy, CooperativeStrategy
-from loopwatch.strategies.pool import ExecutorStrategy, PoolStrategy, ThreadStrategy
+from loopwatch.strategies.pool import ExecutorStrategy, PoolStrategy
 from loopwatch.strategies.process import ProcessStrategy, StartMethod
+from loopwatch.strategies.thread import ThreadStrategy
 
 __all__ = [
     "STRATEGIES",

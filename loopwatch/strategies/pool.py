@@ -1,4 +1,4 @@
-"""Strategies whose calls run in a ``concurrent.futures`` pool: ``thread`` and ``executor``."""
+"""Strategies whose calls run in a ``concurrent.futures`` executor: executor, process, dask."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection
-from typing import Annotated, Any, Self
+from collections.abc import Callable
+from typing import Any, Self
 
-from pydantic import Field
 from typing_extensions import override
 
-from loopwatch import resources, targets
+from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError, TargetError
 from loopwatch.occupant import Occupant, run_timed
-from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
+from loopwatch.strategies.base import Call, PoolGauges, Strategy
 
 FACTORY_FIX = "fix the executor factory named in the worker's `executor` key, then restart"
 
@@ -45,13 +44,6 @@ class PoolStrategy(Strategy):
     @override
     def gauges(self) -> PoolGauges:
         return PoolGauges(self.capacity, self.busy, self.queued)
-
-    @override
-    async def close_clients(self, owners: Collection[str], timeout: float) -> None:
-        """A thread pool's threads each close their own; other pools' when they end."""
-        pool = self.pool
-        if isinstance(pool, concurrent.futures.ThreadPoolExecutor) and self.capacity:
-            await asyncio.to_thread(resources.sweep_threads, pool, self.capacity, owners, timeout)
 
     @property
     def busy(self) -> int:
@@ -191,32 +183,6 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Retrieve an abandoned call's outcome so that asyncio does not log it."""
     if not future.cancelled():
         future.exception()
-
-
-class ThreadSettings(StrategySettings):
-    """``[executors.thread]``: the shared thread pool."""
-
-    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
-
-
-class ThreadStrategy(PoolStrategy):
-    """A ThreadPoolExecutor: right for blocking I/O; CPU work in it still holds the GIL."""
-
-    name = "thread"
-    Settings = ThreadSettings
-
-    def __init__(self, *, max_workers: int = 4) -> None:
-        self.max_workers = self.capacity = max_workers
-        super().__init__(
-            concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="loopwatch")
-        )
-
-    @override
-    @classmethod
-    def build(
-        cls, settings: ThreadSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
-        return cls(max_workers=settings.max_workers)
 
 
 class ExecutorStrategy(PoolStrategy):

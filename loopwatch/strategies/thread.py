@@ -1,0 +1,112 @@
+"""The ``thread`` strategy: calls run in loopwatch's own thread pool (``loopwatch.threadpool``)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import Collection
+from typing import Annotated, Any, Self
+
+import structlog
+from pydantic import Field
+from typing_extensions import override
+
+from loopwatch import resources
+from loopwatch.errors import CallTimeoutError, StrategyError
+from loopwatch.occupant import Occupant
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
+from loopwatch.strategies.pool import Expiry
+from loopwatch.threadpool import ThreadPool
+
+log = structlog.get_logger("loopwatch.strategies")
+
+
+class ThreadSettings(StrategySettings):
+    """``[executors.thread]``: the shared thread pool."""
+
+    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
+
+
+class ThreadStrategy(Strategy):
+    """Threads of loopwatch's own pool: right for blocking I/O; CPU work still holds the GIL.
+
+    A thread cannot be killed: on timeout the call is counted as timed out, and
+    ``CallTimeoutError.still_running`` ends when it really ends, so a caller that waits
+    for it (a worker slot) never piles abandoned calls up in the pool.
+    """
+
+    name = "thread"
+    Settings = ThreadSettings
+
+    def __init__(self, *, max_workers: int = 4, pool: ThreadPool | None = None) -> None:
+        self.pool = ThreadPool(max_workers) if pool is None else pool
+        self.max_workers = self.pool.max_workers
+        self._expiry = Expiry()
+
+    @override
+    @classmethod
+    def build(
+        cls, settings: ThreadSettings, *, occupant: Occupant, factory: str | None = None
+    ) -> Self:
+        return cls(max_workers=settings.max_workers)
+
+    @property
+    def closed(self) -> bool:
+        """True once ``aclose`` began: calls are refused."""
+        return self.pool.closed
+
+    @override
+    async def call(self, call: Call, timeout: float) -> Any:
+        try:
+            job = self.pool.submit(call.fn, call.args, call.kwargs, worker=call.worker, drive=True)
+        except RuntimeError:
+            raise StrategyError("thread pool is closed") from None
+        future = job.future
+        deadline = math.inf
+        if timeout < math.inf:
+            loop = future.get_loop()
+            deadline = loop.time() + timeout
+            # Cancelling the future at the deadline also drops a call still queued.
+            self._expiry.watch(loop, deadline, timeout, future)
+        try:
+            result = await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: not this call's fault
+            if future.get_loop().time() >= deadline:
+                raise CallTimeoutError(
+                    f"call exceeded its timeout of {timeout} s", self.pool.ended(job)
+                ) from None
+            raise StrategyError("thread pool closed before the call ran") from None
+        if self.queue_wait is not None:
+            self.queue_wait(call.worker, self.name, max(0.0, job.started - job.submitted))
+        return result
+
+    @override
+    def gauges(self) -> PoolGauges:
+        pending = self.pool.pending
+        return PoolGauges(
+            self.max_workers, min(pending, self.max_workers), max(0, pending - self.max_workers)
+        )
+
+    @override
+    async def close_clients(self, owners: Collection[str], timeout: float) -> None:
+        """Each pool thread closes the clients of ``owners`` it made."""
+        runs = self.pool.in_each_thread(functools.partial(resources.close_here, owners), timeout)
+        if runs:
+            _, busy = await asyncio.wait(runs, timeout=timeout + 1.0)
+            if busy:
+                log.warning(
+                    "resource_close_deferred",
+                    workers=sorted(owners),
+                    threads=len(busy),
+                    reason="pool threads still busy: each closes its clients after its call",
+                )
+
+    @override
+    async def aclose(self, timeout: float) -> None:
+        """Cancel queued calls; wait up to ``timeout`` for running ones (never killed)."""
+        self._expiry.close()
+        await self.pool.aclose(timeout)
