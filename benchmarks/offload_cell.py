@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 THREADS = 4
+PROCESSES = 2
 WARMUP_S = 0.5
 
 
@@ -25,7 +27,16 @@ def io_50us() -> None:
     time.sleep(50e-6)  # a short call that lets go of the GIL, like a cached stat or read
 
 
-WORK = {"noop": noop, "50us": io_50us}
+def work(name: str, method: str) -> Callable[[], None]:
+    """The call to offload; a process pool gets an importable one (this file is __main__)."""
+    if "process" in method.lower():
+        from loopwatch.daemon.workloads import blocking_io
+        from loopwatch.targets import noop as importable_noop
+
+        if name == "noop":
+            return importable_noop
+        return functools.partial(blocking_io, 50e-6)
+    return {"noop": noop, "50us": io_50us}[name]
 
 
 def offloader(method: str) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
@@ -46,11 +57,24 @@ def offloader(method: str) -> Callable[[Callable[[], Any]], Awaitable[Any]]:
 
         loopwatch.set_default_threads(THREADS)
         return loopwatch.run_sync
+    if method == "run_in_executor(ProcessPoolExecutor)":
+        import multiprocessing
+
+        processes = concurrent.futures.ProcessPoolExecutor(
+            PROCESSES, mp_context=multiprocessing.get_context("forkserver")
+        )
+        return lambda fn: loop.run_in_executor(processes, fn)
+    if method == "loopwatch process":
+        import loopwatch
+
+        strategy = loopwatch.ProcessStrategy(max_workers=PROCESSES, start_method="forkserver")
+        return loopwatch.Offload(strategy)
     raise SystemExit(f"unknown method {method!r}")
 
 
 async def measure(method: str, in_flight: int, fn: Callable[[], None], seconds: float) -> float:
     offload = offloader(method)
+    await asyncio.gather(*(offload(fn) for _ in range(PROCESSES * 2)))  # pools warm
     done = 0
     start = time.perf_counter()
     counting_from = start + WARMUP_S
@@ -71,14 +95,14 @@ async def measure(method: str, in_flight: int, fn: Callable[[], None], seconds: 
 
 
 def main() -> None:
-    method, in_flight, work, seconds = (
+    method, in_flight, kind, seconds = (
         sys.argv[1],
         int(sys.argv[2]),
         sys.argv[3],
         float(sys.argv[4]),
     )
     sys.setswitchinterval(0.001)
-    coro = measure(method, in_flight, WORK[work], seconds)
+    coro = measure(method, in_flight, work(kind, method), seconds)
     if method.startswith("uvloop"):
         import uvloop
 

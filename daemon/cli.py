@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import resource
 import sys
 import threading
@@ -204,15 +205,24 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+# loopwatch's pool threads ("loopwatch-12") are daemon threads: one alive at exit is
+# stuck in a call.
+POOL_THREAD = re.compile(r"loopwatch-\d+")
+
+
 def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> None:
     """Exit with ``code`` past threads that cannot be stopped (a pool thread stuck in a target).
 
     The interpreter would join them at exit and hang; their calls were counted and
     cancelled already, so they are logged by name and left behind.
     """
+    for thread in threading.enumerate():
+        if POOL_THREAD.fullmatch(thread.name):
+            thread.join(0.1)  # a pool thread told to end, ending now
     stuck = [
         t.name for t in threading.enumerate()
-        if t is not threading.main_thread() and not t.daemon and t.is_alive()
+        if t is not threading.main_thread() and t.is_alive()
+        and (not t.daemon or POOL_THREAD.fullmatch(t.name))
     ]  # fmt: skip
     if stuck:
         log.warning("shutdown_stragglers", threads=stuck)

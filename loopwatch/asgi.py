@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
+from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -61,6 +62,7 @@ class LoopwatchMiddleware:
             dump_after=dump_after,
         )
         self._started = False
+        self.watcher.occupant.request_frames[_CALL_CODE] = _name_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve ``scope`` through the app, watching the loop and noting the request."""
@@ -74,15 +76,9 @@ class LoopwatchMiddleware:
         if kind not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        task = asyncio.current_task()
-        requests = self.watcher.occupant.requests
-        if task is not None:
-            requests[task] = RequestName(scope)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            if task is not None:
-                requests.pop(task, None)
+        # Nothing is noted per request: a stall finds this frame, and its scope, on the
+        # loop thread's stack (see _name_request).
+        await self.app(scope, receive, send)
 
     def _stop_after_shutdown(self, send: Send) -> Send:
         async def send_and_stop(message: Message) -> None:
@@ -92,3 +88,12 @@ class LoopwatchMiddleware:
                 self._started = False
 
         return send_and_stop
+
+
+_CALL_CODE = LoopwatchMiddleware.__call__.__code__
+
+
+def _name_request(frame: FrameType) -> RequestName | None:
+    """The request of a ``LoopwatchMiddleware.__call__`` frame (read by the watchdog)."""
+    scope = frame.f_locals.get("scope")
+    return RequestName(scope) if isinstance(scope, MutableMapping) else None

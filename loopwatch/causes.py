@@ -65,11 +65,20 @@ class GcTracker:
             gc.callbacks.remove(self._on_gc)
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        generation = info["generation"]
+        if not generation:
+            # The youngest generation holds a few hundred objects at most: never long
+            # enough to matter, and under load it is collected thousands of times a second.
+            return
         if phase == "start":
-            self._started = (perf_counter(), int(info["generation"]))
+            self._started = (perf_counter(), generation)
             # The frame that allocated (or called gc.collect): it runs on during the
-            # collection, and names the code of a long one once it is over.
-            self._frame = sys._getframe(1)
+            # collection, and names the code of a long one once it is over. None at
+            # interpreter exit, when a collection may run with no Python frame at all.
+            try:
+                self._frame = sys._getframe(1)
+            except ValueError:
+                self._frame = None
         elif self._started is not None:
             start, generation = self._started
             end = perf_counter()

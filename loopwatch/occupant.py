@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from threading import get_ident
+from types import CodeType, FrameType
 from typing import Any
 
 from loopwatch import targets
@@ -37,10 +39,20 @@ def run_timed(
     return started, targets.drive(fn, args, kwargs)
 
 
+def run_untimed(
+    fn: targets.Target, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[float, Any]:
+    """``run_timed`` for a caller that keeps no queue wait: less to pickle, nothing to note.
+
+    In a process pool child nothing reads ``POOL_CALLS``: no watchdog runs there.
+    """
+    return 0.0, targets.drive(fn, args, kwargs)
+
+
 class Occupant:
     """The worker (daemon) and the request (library mode) whose code runs on the loop."""
 
-    __slots__ = ("last", "requests", "worker")
+    __slots__ = ("last", "request_frames", "requests", "worker")
 
     def __init__(self) -> None:
         self.worker: str | None = None
@@ -51,3 +63,7 @@ class Occupant:
         # Task -> its request (str() gives "METHOD /route/{template}"), set by the web
         # middlewares per request and formatted only when a stall names it.
         self.requests: dict[asyncio.Task[Any], object] = {}
+        # Code object -> how to name the request from a frame running it: a middleware
+        # whose frame holds the request costs nothing per request, the watchdog finds
+        # that frame on the loop thread's stack when a stall asks.
+        self.request_frames: dict[CodeType, Callable[[FrameType], object]] = {}

@@ -12,6 +12,7 @@ culprit, and the seconds add up to the stall's duration.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections import deque
@@ -41,6 +42,8 @@ ONGOING_AFTER_S = 0.5
 LATE_S = 0.02
 # Finished stalls kept for a live view (``loopwatch top``), newest last.
 RECENT_STALLS = 20
+# How far up the loop thread's stack a request's middleware frame is looked for.
+MAX_STACK_DEPTH = 256
 SUMMARY_KEYS = ("duration", "cause", "culprit", "worker", "request", "task")
 
 Emit = Callable[[dict[str, Any]], None]
@@ -272,7 +275,22 @@ class StallWatchdog:
         coro = task.get_coro()
         name = getattr(coro, "__qualname__", type(coro).__name__)
         request = self._occupant.requests.get(task)
+        if request is None and self._occupant.request_frames:
+            request = self._request_on_stack()
         return f"{task.get_name()} ({name})", None if request is None else str(request)
+
+    def _request_on_stack(self) -> object | None:
+        """The request whose middleware frame is on the loop thread's stack, if any."""
+        namers = self._occupant.request_frames
+        frame = sys._current_frames().get(self._loop_ident)
+        depth = 0
+        while frame is not None and depth < MAX_STACK_DEPTH:
+            namer = namers.get(frame.f_code)
+            if namer is not None:
+                return namer(frame)
+            frame = frame.f_back
+            depth += 1
+        return None
 
     def _charge(
         self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict

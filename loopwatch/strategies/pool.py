@@ -88,7 +88,7 @@ class PoolStrategy(Strategy):
         finally:
             if ended:
                 self.in_flight -= 1
-        if self.queue_wait is not None:
+        if self.queue_wait is not None and started:
             self.queue_wait(call.worker, self.name, max(0.0, started - submitted))
         return result
 

@@ -24,7 +24,7 @@ from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
-from loopwatch.occupant import Occupant, run_timed
+from loopwatch.occupant import Occupant, run_timed, run_untimed
 from loopwatch.strategies.base import Call, StrategySettings
 from loopwatch.strategies.pool import PoolStrategy
 
@@ -179,12 +179,20 @@ class ProcessStrategy(PoolStrategy):
     def _submit(self, call: Call) -> concurrent.futures.Future[Any]:
         pool = self.pool
         try:
-            return pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
+            return self._send(pool, call)
         except BrokenProcessPool:
             self._replace(pool)
             if self.closed:
                 raise StrategyError("process pool is closed") from None
-            return self.pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
+            return self._send(self.pool, call)
+
+    def _send(
+        self, pool: concurrent.futures.Executor, call: Call
+    ) -> concurrent.futures.Future[Any]:
+        if self.queue_wait is None:
+            # Nobody keeps the queue wait: the leaner payload (pickled for every call).
+            return pool.submit(run_untimed, call.fn, call.args, call.kwargs)
+        return pool.submit(run_timed, call.worker, call.fn, call.args, call.kwargs)
 
     async def _reap(
         self, running: Awaitable[Any], pool: concurrent.futures.Executor, grace_s: float
