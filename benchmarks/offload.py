@@ -50,7 +50,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--table", action="store_true", help="print the table of the last results")
     args = parser.parse_args()
+    out = ROOT / "benchmarks/results/offload.json"
+    if args.table:
+        print(table(json.loads(out.read_text())["rows"]))
+        return
     plan = [
         (method, in_flight, work)
         for work in ("noop", "50us")
@@ -96,7 +101,6 @@ def main() -> None:
         "runs": args.runs,
         "rows": rows,
     }
-    out = ROOT / "benchmarks/results/offload.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
 
@@ -130,7 +134,7 @@ def table(rows: list[dict[str, object]]) -> str:
 def _group(method: str) -> str:
     if "Process" in method or "process" in method:
         return "process"
-    if "daemon" in method or "loop" in method.rsplit(maxsplit=1)[-1]:
+    if "daemon" in method or method.endswith(" loop"):
         return "daemon"
     return "thread"
 

@@ -128,7 +128,8 @@ def _top(args: argparse.Namespace, metrics: MetricsConfig | None) -> int:
         return EXIT_CONFIG
     url = args.url if metrics is None else top.url_from_config(metrics)
     reader = top.Reader(url, cafile=None if metrics is None else metrics.tls_cert)
-    console = Console()
+    # Piped (`top --once | grep`), nothing is cut at a terminal's width: there is none.
+    console = Console() if sys.stdout.isatty() else Console(width=top.PIPED_WIDTH)
     try:
         view = top.first_view(reader, args.interval)
     except top.ScrapeError as exc:

@@ -7,6 +7,7 @@ import importlib.util
 import inspect
 import os
 import pickle
+import stat
 import sys
 import tomllib
 from collections.abc import Mapping
@@ -249,7 +250,8 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
 def _anchor_import_path(cfg: DaemonConfig, path: Path | None) -> DaemonConfig:
     """Relative ``daemon.import_path`` entries are read from the config file's directory."""
     base = Path.cwd() if path is None else path.resolve().parent
-    anchored = tuple(str(base / entry) for entry in cfg.daemon.import_path)
+    # Normalised (`src/../src/` is `src`): sys.path and the shadowing check see one name.
+    anchored = tuple(str((base / entry).resolve()) for entry in cfg.daemon.import_path)
     if anchored == cfg.daemon.import_path:
         return cfg
     daemon = cfg.daemon.model_copy(update={"import_path": anchored})
@@ -388,11 +390,37 @@ def cross_check(cfg: DaemonConfig) -> list[str]:
 
 
 def _check_import_path(directories: tuple[str, ...]) -> list[str]:
-    return [
-        f"daemon.import_path[{i}]: {directory} is not a directory"
-        for i, directory in enumerate(directories)
-        if not Path(directory).is_dir()
-    ]
+    problems = []
+    for i, directory in enumerate(directories):
+        where = Path(directory)
+        if not where.is_dir():
+            problems.append(f"daemon.import_path[{i}]: {directory} is not a directory")
+            continue
+        problems.extend(
+            f'daemon.import_path[{i}]: {found} shadows the standard library\'s "{name}": rename '
+            f"it (every import of {name}, in the daemon and its pool children, would get it)"
+            for name, found in _modules_in(where)
+            if name in sys.stdlib_module_names
+        )
+        mode = where.stat().st_mode
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            log.warning(
+                "import_path_world_writable",
+                directory=directory,
+                fix=f"chmod o-w {directory}: anyone on the host can put code the daemon imports",
+            )
+    return problems
+
+
+def _modules_in(directory: Path) -> list[tuple[str, Path]]:
+    """(top-level module name, file or package) of what ``directory`` makes importable."""
+    found = []
+    for entry in sorted(directory.iterdir()):
+        if entry.is_dir() and (entry / "__init__.py").exists():
+            found.append((entry.name, entry))
+        elif entry.suffix in (".py", ".pyc") or entry.name.endswith(".so"):
+            found.append((entry.name.split(".")[0], entry))
+    return found
 
 
 def _check_workers(cfg: DaemonConfig) -> list[str]:

@@ -10,15 +10,20 @@ metrics, a service embedding the library included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import select
 import ssl
+import sys
+import termios
 import time
+import tty
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator
-from contextlib import suppress
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,8 @@ from rich.table import Table
 from rich.text import Text
 
 from loopwatch.daemon.config import MetricsConfig
+from loopwatch.errors import LoopwatchError
+from loopwatch.frames import printable
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
@@ -40,10 +47,35 @@ SPARK = "▁▂▃▄▅▆▇█"
 SPARK_LEVELS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 HISTORY = 60
 SHOWN_STALLS = 5
+# What is read of an endpoint is untrusted text: bounded in size, time and characters.
+METRICS_LIMIT = 32 * 1024 * 1024  # bytes: 300 workers' exposition is ~2 MB
+STALLS_LIMIT = 1024 * 1024
+READ_DEADLINE_S = 5.0  # for a whole answer, however slowly it trickles
+FIELD_CHARS = 300
+# Columns when the output is not a terminal: wide enough that no field is ever cut.
+PIPED_WIDTH = 1000
+# A time or a duration beyond this is nonsense (seconds: ~3000 years).
+_MAX_SECONDS = 1e11
 
 
-class ScrapeError(Exception):
+class ScrapeError(LoopwatchError):
     """The endpoint did not answer with metrics."""
+
+
+def clean(value: object, limit: int = FIELD_CHARS) -> str:
+    """Untrusted text as it may reach a terminal: no control characters, at most ``limit``."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return printable(text)
+
+
+def number(value: object) -> float | None:
+    """A finite, sane number of seconds from untrusted JSON; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and abs(number) < _MAX_SECONDS else None
 
 
 @dataclass(frozen=True)
@@ -86,10 +118,17 @@ def url_from_config(cfg: MetricsConfig) -> str:
 class Reader:
     """Scrapes one endpoint; a TLS endpoint is trusted by the certificate it is given."""
 
-    def __init__(self, url: str, cafile: str | None = None, timeout_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        cafile: str | None = None,
+        timeout_s: float = 3.0,
+        deadline_s: float = READ_DEADLINE_S,
+    ) -> None:
         self.url = url
         self._stalls_url = url.rsplit("/", 1)[0] + "/stalls"
         self._timeout_s = timeout_s
+        self._deadline_s = deadline_s
         self._ssl: ssl.SSLContext | None = None
         if url.startswith("https:"):
             self._ssl = ssl.create_default_context(cafile=cafile)
@@ -98,7 +137,7 @@ class Reader:
     def scrape(self) -> Scrape:
         """Read the endpoint now; raises ScrapeError saying why."""
         try:
-            text = self._get(self.url)
+            text = self._get(self.url, METRICS_LIMIT)
         except (OSError, ValueError) as exc:
             raise ScrapeError(_reason(exc)) from None
         try:
@@ -110,15 +149,28 @@ class Reader:
         return Scrape(time.monotonic(), samples, self._recent_stalls())
 
     def _recent_stalls(self) -> list[dict[str, Any]] | None:
-        with suppress(OSError, ValueError, AttributeError):
-            stalls = json.loads(self._get(self._stalls_url)).get("stalls")
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+            stalls = json.loads(self._get(self._stalls_url, STALLS_LIMIT)).get("stalls")
             if isinstance(stalls, list):
                 return [s for s in stalls if isinstance(s, dict)]
         return None  # not the daemon's endpoint: a service's /metrics has no /stalls
 
-    def _get(self, url: str) -> str:
+    def _get(self, url: str, limit: int) -> str:
+        """The body at ``url``: ValueError past ``limit`` bytes, TimeoutError past the deadline."""
+        deadline = time.monotonic() + self._deadline_s
+        chunks: list[bytes] = []
+        size = 0
         with urllib.request.urlopen(url, timeout=self._timeout_s, context=self._ssl) as response:  # noqa: S310 - http(s) only, from the config or the user
-            return str(response.read().decode("utf-8"))
+            # read1: what has come, not a blocking wait for all of it, so a body that
+            # trickles in a byte at a time still meets the deadline.
+            while chunk := response.read1(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"answer larger than {limit // 1024 // 1024} MB")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no whole answer within {self._deadline_s:.0f} s")
+                chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
 
 
 def _reason(exc: BaseException) -> str:
@@ -250,14 +302,13 @@ def _stalls(cur: Scrape) -> RenderableType:
     for column in ("ended", "duration", "cause", "culprit", "worker / request"):
         table.add_column(column, overflow="fold")
     for stall in reversed(recent):
-        ended = time.strftime("%H:%M:%S", time.localtime(float(stall.get("at", 0.0))))
         who = stall.get("worker") or stall.get("request") or stall.get("task") or ""
         table.add_row(
-            ended,
-            _ms(float(stall.get("duration", 0.0))),
-            str(stall.get("cause", "")),
-            _short(str(stall.get("culprit", ""))),
-            str(who),
+            _clock(number(stall.get("at"))),
+            _ms(number(stall.get("duration"))),
+            Text(clean(stall.get("cause"), 16)),
+            Text(_short(clean(stall.get("culprit")))),
+            Text(clean(who)),
         )
     if cur.stalls is None:
         table.add_row("-", "", "", "not served here: see the `stall` lines of its log", "")
@@ -266,10 +317,19 @@ def _stalls(cur: Scrape) -> RenderableType:
     return table
 
 
+def _clock(at: float | None) -> str:
+    try:
+        return "-" if at is None else time.strftime("%H:%M:%S", time.localtime(at))
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
 def _workers(prev: Scrape, cur: Scrape) -> Table:
     table = _table("workers")
-    table.add_column("worker", min_width=6, overflow="fold")
-    table.add_column("strategy", min_width=11)
+    names = [clean(labels["worker"]) for labels, _ in cur.series("loopwatch_worker_info")]
+    # A name is never cut (you look for it, you grep for it): the other columns give way.
+    table.add_column("worker", min_width=max([6, *map(len, names)]), no_wrap=True)
+    table.add_column("strategy", overflow="fold")
     for column in ("calls/s", "active", "errors", "timeouts", "p99 call", "p99 wait"):
         table.add_column(column, justify="right", no_wrap=True)
     for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
@@ -282,8 +342,8 @@ def _workers(prev: Scrape, cur: Scrape) -> Table:
         errors = cur.value("loopwatch_tasks_total", **keys, outcome="error") or 0.0
         timeouts = cur.value("loopwatch_tasks_total", **keys, outcome="timeout") or 0.0
         table.add_row(
-            worker,
-            strategy,
+            Text(clean(worker)),
+            Text(clean(strategy)),
             f"{calls:.1f}",
             f"{cur.value('loopwatch_tasks_in_flight', worker=worker) or 0.0:.0f}",
             Text(f"{errors:.0f}", style="red" if errors else ""),
@@ -308,7 +368,7 @@ def _pools(cur: Scrape) -> Table:
         share = busy / capacity if capacity else None
         style = "red" if queued else "yellow" if share is not None and share >= 1 else ""
         table.add_row(
-            executor,
+            Text(clean(executor)),
             f"{busy:.0f}",
             "-" if capacity is None else f"{capacity:.0f}",
             Text(f"{queued:.0f}", style=style),
@@ -346,11 +406,42 @@ def first_view(reader: Reader, interval_s: float) -> View:
 
 def live(reader: Reader, view: View, interval_s: float, console: Console) -> None:
     """Refresh ``view`` every ``interval_s`` until interrupted; an outage is shown, not fatal."""
-    with Live(view.render(), console=console, auto_refresh=False, screen=False) as screen:
-        while True:
-            time.sleep(interval_s)
+    with (
+        _keys() as pressed,
+        Live(view.render(), console=console, auto_refresh=False, screen=False) as screen,
+    ):
+        while pressed(interval_s) not in ("q", "Q"):
             try:
                 view.add(reader.scrape())
             except ScrapeError as exc:
                 view.problem = str(exc)
             screen.update(view.render(), refresh=True)
+
+
+@contextlib.contextmanager
+def _keys() -> Iterator[Callable[[float], str | None]]:
+    """A function that waits up to its argument's seconds for a key; the key, or None.
+
+    On a terminal, keys are read one at a time (cbreak mode, restored on the way out);
+    without one, it only waits.
+    """
+    stdin = sys.stdin
+    if stdin is None or not stdin.isatty():
+
+        def wait(seconds: float) -> None:
+            time.sleep(seconds)
+
+        yield wait
+        return
+    fd = stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def pressed(seconds: float) -> str | None:
+        ready, _, _ = select.select([fd], [], [], seconds)
+        return os.read(fd, 1).decode(errors="replace") if ready else None
+
+    try:
+        yield pressed
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)

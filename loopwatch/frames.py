@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import sysconfig
 from collections.abc import Sequence
@@ -9,6 +10,9 @@ from pathlib import Path
 from types import FrameType
 
 STACK_LIMIT = 30
+# C0 and C1 control characters (ESC starts every terminal escape, OSC included), DEL,
+# and lone surrogates (undecodable bytes of a file name, which a strict stdout refuses).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _MAX_DEPTH = 256
 
 _LIBRARY_DIR = str(Path(__file__).parent) + "/"
@@ -53,6 +57,11 @@ def is_user_file(filename: str) -> bool:
     if filename.startswith("<") or "/site-packages/" in filename or "/dist-packages/" in filename:
         return False
     return not filename.startswith((*_NOT_USER, *_LIBRARY_DIRS))
+
+
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: every control character replaced by U+FFFD."""
+    return _UNPRINTABLE.sub("\ufffd", text)
 
 
 def frame_lines(frame: FrameType | None, limit: int = STACK_LIMIT) -> list[str]:

@@ -351,7 +351,8 @@ class StackLines(list[str]):
     """
 
     def __radd__(self, other: str) -> str:
-        return other + "\n".join(self)
+        # A console: a file or function name may carry terminal escapes.
+        return other + "\n".join(frames.printable(line) for line in self)
 
 
 def _log_stall(fields: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from loopwatch.daemon import config as config_module
 from loopwatch.daemon.config import DaemonConfig, default_toml, format_loc, load_config
 from loopwatch.daemon.errors import ConfigError
 from loopwatch.strategies import ThreadStrategy, settings_of
-from tests.helpers import worker_toml
+from tests.helpers import run_loopwatch, worker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -485,3 +485,53 @@ def test_the_daemons_old_import_paths_still_resolve_said_once(tmp_path: Path) ->
     }
     assert len(said) == 2  # once per path, however often it is loaded
     assert all(e["new"] == "loopwatch." + e["old"] for e in said)
+
+
+def test_a_module_that_shadows_the_standard_library_is_refused_naming_it(tmp_path: Path) -> None:
+    """A stray json.py in an import_path directory broke every process child at start-up."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "json.py").write_text("# a stray file\n")
+    (src / "shop.py").write_text("def f() -> None: ...\n")
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nimport_path = ["src"]\n' + worker_toml("w", "shop:f", "thread"))
+    before = list(sys.path)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert sys.path == before
+    assert info.value.details == [
+        f'daemon.import_path[0]: {src / "json.py"} shadows the standard library\'s "json": '
+        "rename it (every import of json, in the daemon and its pool children, would get it)"
+    ]
+    out = run_loopwatch("check", "-c", str(path))
+    assert out.returncode == 78
+    assert "shadows the standard library's \"json\"" in out.stderr
+
+
+def test_import_path_entries_are_normalised(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nimport_path = ["./src/pkg/../", "src//"]\n')
+    before = list(sys.path)
+    try:
+        cfg = load_config(path, {})
+        assert cfg.daemon.import_path == (str(src), str(src))
+    finally:
+        sys.path[:] = before
+
+
+def test_a_world_writable_import_path_is_warned_about(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    src.chmod(0o777)
+    path = tmp_path / "c.toml"
+    path.write_text('[daemon]\nimport_path = ["src"]\n')
+    before = list(sys.path)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            load_config(path, {})
+    finally:
+        sys.path[:] = before
+    [warning] = [e for e in logs if e["event"] == "import_path_world_writable"]
+    assert warning["directory"] == str(src)
