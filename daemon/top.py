@@ -49,7 +49,7 @@ HISTORY = 60
 SHOWN_STALLS = 5
 # What is read of an endpoint is untrusted text: bounded in size, time and characters.
 METRICS_LIMIT = 32 * 1024 * 1024  # bytes: 300 workers' exposition is ~2 MB
-STALLS_LIMIT = 1024 * 1024
+STALLS_LIMIT = 16 * 1024 * 1024  # 20 stalls: a pathological 5 MB culprit still fits
 READ_DEADLINE_S = 5.0  # for a whole answer, however slowly it trickles
 FIELD_CHARS = 300
 # Columns when the output is not a terminal: wide enough that no field is ever cut.

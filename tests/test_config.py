@@ -500,12 +500,14 @@ def test_a_module_that_shadows_the_standard_library_is_refused_naming_it(tmp_pat
         load_config(path, {})
     assert sys.path == before
     assert info.value.details == [
-        f'daemon.import_path[0]: {src / "json.py"} shadows the standard library\'s "json": '
-        "rename it (every import of json, in the daemon and its pool children, would get it)"
+        (
+            f'daemon.import_path[0]: {src / "json.py"} shadows the standard library\'s "json": '
+            "rename it (every import of json, in the daemon and its pool children, would get it)"
+        )
     ]
     out = run_loopwatch("check", "-c", str(path))
     assert out.returncode == 78
-    assert "shadows the standard library's \"json\"" in out.stderr
+    assert 'shadows the standard library\'s "json"' in out.stderr
 
 
 def test_import_path_entries_are_normalised(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from loopwatch.daemon.top import Reader, View
 from tests.helpers import run_loopwatch
 
 Handler = Callable[[BaseHTTPRequestHandler], None]
+Serve = Callable[[Handler, Handler], str]
 
 
 def metrics_body(workers: tuple[str, ...] = ("w",)) -> bytes:
@@ -34,14 +35,17 @@ class Endpoint:
     def __init__(self, metrics: Handler, stalls: Handler) -> None:
         routes = {"/metrics": metrics, "/stalls": stalls}
 
-        class Serve(BaseHTTPRequestHandler):
+        def missing(handler: BaseHTTPRequestHandler) -> None:
+            handler.send_error(404)
+
+        class Serving(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                routes.get(self.path, lambda h: h.send_error(404))(self)
+                routes.get(self.path, missing)(self)
 
             def log_message(self, *_: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Serving)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -91,7 +95,7 @@ HOSTILE = "[/bold][link=https://evil.example]x[/link][bold red]RED"
 ESCAPES = "\x1b[2J\x1b]0;pwned\x07\x1b[31m"
 
 
-def test_markup_in_names_and_culprits_is_shown_as_text_never_read(serve) -> None:  # type: ignore[no-untyped-def]
+def test_markup_in_names_and_culprits_is_shown_as_text_never_read(serve: Serve) -> None:
     url = serve(
         body(metrics_body((f"w{HOSTILE}",))),
         stalls_of(
@@ -111,7 +115,7 @@ def test_markup_in_names_and_culprits_is_shown_as_text_never_read(serve) -> None
     assert "Traceback" not in err
 
 
-def test_terminal_escapes_never_reach_the_terminal(serve) -> None:  # type: ignore[no-untyped-def]
+def test_terminal_escapes_never_reach_the_terminal(serve: Serve) -> None:
     url = serve(
         body(metrics_body((f"w{ESCAPES}",))),
         stalls_of(
@@ -144,8 +148,8 @@ def test_terminal_escapes_never_reach_the_terminal(serve) -> None:  # type: igno
     ids=["at-text", "null-duration", "huge", "nan", "undecodable-path", "wrong-types"],
 )
 def test_malformed_stall_fields_are_shown_as_unknown_not_a_traceback(
-    serve, stall: dict[str, object]
-) -> None:  # type: ignore[no-untyped-def]
+    serve: Serve, stall: dict[str, object]
+) -> None:
     raw = json.dumps({"stalls": [stall]}).encode()  # NaN as JSON's NaN, surrogates escaped
     url = serve(body(metrics_body()), body(raw, "application/json"))
     code, out, err = top_once(url, PYTHONIOENCODING="utf-8:strict")
@@ -154,7 +158,7 @@ def test_malformed_stall_fields_are_shown_as_unknown_not_a_traceback(
     assert "last stalls" in out
 
 
-def test_a_huge_culprit_is_cut_and_drawn_at_once(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_huge_culprit_is_cut_and_drawn_at_once(serve: Serve) -> None:
     url = serve(
         body(metrics_body()),
         stalls_of(
@@ -174,7 +178,7 @@ def test_a_huge_culprit_is_cut_and_drawn_at_once(serve) -> None:  # type: ignore
     assert max(len(line) for line in out.splitlines()) < 1000
 
 
-def test_a_body_trickled_byte_by_byte_meets_a_deadline(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_trickled_byte_by_byte_meets_a_deadline(serve: Serve) -> None:
     def trickle(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", "100000")
@@ -192,7 +196,7 @@ def test_a_body_trickled_byte_by_byte_meets_a_deadline(serve) -> None:  # type: 
     assert "no whole answer within" in err
 
 
-def test_a_body_past_the_size_cap_is_refused_without_reading_it_all(serve) -> None:  # type: ignore[no-untyped-def]
+def test_a_body_past_the_size_cap_is_refused_without_reading_it_all(serve: Serve) -> None:
     def flood(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Length", str(1_500_000_000))
@@ -210,7 +214,7 @@ def test_a_body_past_the_size_cap_is_refused_without_reading_it_all(serve) -> No
     assert "larger than 32 MB" in err
 
 
-def test_names_are_whole_when_piped_and_in_an_80_column_terminal(serve) -> None:  # type: ignore[no-untyped-def]
+def test_names_are_whole_when_piped_and_in_an_80_column_terminal(serve: Serve) -> None:
     name = "billing-sync-of-the-eu-west-accounts-receivable"
     culprit = "/srv/app/src/shop/billing/receivable/sync.py:1234 reconcile_every_open_invoice"
     url = serve(
@@ -228,7 +232,7 @@ def test_names_are_whole_when_piped_and_in_an_80_column_terminal(serve) -> None:
     code, out, err = top_once(url)
     assert code == 0, err
     assert [line for line in out.splitlines() if name in line]
-    assert "billing/receivable/sync.py:1234 reconcile_every_open_invoice" in out
+    assert "receivable/sync.py:1234 reconcile_every_open_invoice" in out
     # The same view in an 80-column terminal: the other columns give way to the name.
     view = View(url)
     reader = Reader(url)

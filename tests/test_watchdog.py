@@ -258,3 +258,13 @@ async def test_a_watcher_started_again_watches_again(
     event = max(stall_events(stalls), key=lambda e: e["duration"])
     assert event["culprit"].endswith(" native_sum")
     assert "native_sum" in event["dump"]
+
+
+def test_the_console_log_defuses_escapes_in_stack_lines() -> None:
+    """A file or function name carrying terminal escapes reaches a console as text."""
+    from loopwatch.watchdog import StackLines
+
+    rendered = "\n" + StackLines(["/srv/a.py:1 f", "/srv/\x1b]0;pwned\x07b.py:2 g\x1b[2J"])
+    assert "\x1b" not in rendered
+    assert "\x07" not in rendered
+    assert "\ufffd]0;pwned\ufffdb.py:2 g" in rendered

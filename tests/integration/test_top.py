@@ -130,3 +130,21 @@ def test_live_view_follows_a_stall_in_a_real_terminal(
     subprocess.run([tool, "send-keys", "-t", session, "C-c"], check=True)
     wait_pane(tool, session, "TOP-EXIT=0", timeout=10)
     daemon.stop()
+
+
+def test_q_quits_the_live_view_and_gives_the_terminal_back(
+    write_config: WriteConfig, start_daemon: StartDaemon, tmux: tuple[str, str]
+) -> None:
+    tool, session = tmux
+    config = write_config(worker_toml("io", "loopwatch.daemon.workloads:blocking_io", "thread"))
+    daemon = start_daemon(config)
+    daemon.wait_ready()
+    command = f"PYTHONPATH={ROOT} {sys.executable} -m loopwatch.daemon top -c {config} --interval 0.2; echo TOP-EXIT=$?"
+    subprocess.run([tool, "send-keys", "-t", session, command, "Enter"], check=True)
+    wait_pane(tool, session, "workers")
+    subprocess.run([tool, "send-keys", "-t", session, "q"], check=True)
+    wait_pane(tool, session, "TOP-EXIT=0", timeout=10)
+    # The terminal is back in its normal mode: typed text echoes again.
+    subprocess.run([tool, "send-keys", "-t", session, "echo typed-$((6*7))", "Enter"], check=True)
+    wait_pane(tool, session, "typed-42", timeout=10)
+    daemon.stop()
