@@ -14,17 +14,20 @@ A resource with a ``close()`` method is closed in the thread that made it, never
 - when the thread ends: a pool shut down, a process child exiting;
 - when the thread next runs a call of a newer ``generation`` of the same owner (a worker
   that was replaced);
-- by ``close_here(owner)`` in the calling thread (the loop, for on-loop strategies);
-- by ``sweep_threads(pool, n, ...)``, which makes each of a thread pool's ``n`` threads
-  close what it holds of owners that are gone.
+- by ``close_here(owners)`` in the calling thread: each pool thread of a worker that is
+  gone, or the loop, for on-loop strategies (``close_here_within`` gives each close a
+  deadline there).
+
+A ``close()`` that never returns is named while it hangs: ``CLOSING`` holds, per thread,
+the client being closed, so the strategy that asked can log it and carry on without it.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import multiprocessing
+import signal
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from multiprocessing import util
@@ -66,27 +69,42 @@ class _Held:
 
 _local = threading.local()
 _child_finalizer: list[util.Finalize] = []
+# Thread ident -> (worker, client type, since) of a close() running there now.
+CLOSING: dict[int, tuple[str, str, float]] = {}
 
 
 def _held() -> _Held:
     held: _Held | None = getattr(_local, "held", None)
     if held is None:
         held = _local.held = _Held()
-        if multiprocessing.parent_process() is not None and not _child_finalizer:
+        main = threading.current_thread() is threading.main_thread()
+        if main and multiprocessing.parent_process() is not None and not _child_finalizer:
             # A pool child leaves through os._exit: no thread teardown runs, but
-            # multiprocessing's exit finalizers do, in the child's main thread.
+            # multiprocessing's exit finalizers do, in the child's main thread: so only
+            # for the clients that thread made (a Dask worker's other threads keep theirs
+            # to the end rather than have them closed by a thread that did not make them).
             _child_finalizer.append(util.Finalize(None, held.close, exitpriority=10))
     return held
+
+
+def client_name(value: object) -> str:
+    """A client's type as ``module.Class``, the way a log names it."""
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _close(owner: str, value: Any) -> None:
     close = getattr(value, "close", None)
     if not callable(close):
         return
+    ident = threading.get_ident()
+    CLOSING[ident] = (owner, client_name(value), time.monotonic())
     try:
         close()
     except Exception as exc:  # a user's close() may raise anything: say so, go on
         log.warning("resource_close_failed", worker=owner, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        CLOSING.pop(ident, None)
 
 
 def get(resource: Resource) -> Any:
@@ -109,31 +127,62 @@ def close_here(owners: Collection[str] | None = None) -> None:
         held.close(owners)
 
 
-def sweep_threads(
-    pool: concurrent.futures.ThreadPoolExecutor,
-    threads: int,
-    owners: Collection[str],
-    timeout_s: float,
-) -> int:
-    """Make each of ``pool``'s ``threads`` threads close its resources of ``owners``.
+class _Abandoned(BaseException):
+    """Raised in the main thread when a client's close() passed its deadline."""
 
-    Blocking: call it off the loop. A barrier keeps each sweep on a thread of its own;
-    threads still busy after ``timeout_s`` are left to close theirs when they end.
-    Returns how many threads swept.
+
+_armed = False  # a close() runs under the deadline now
+
+
+def _abandon(_signum: int, _frame: object) -> None:
+    if _armed:
+        raise _Abandoned
+
+
+def close_here_within(owners: Collection[str], timeout: float) -> None:
+    """``close_here(owners)``, each close() given ``timeout`` seconds, in the main thread.
+
+    For clients made on the loop, which must be closed there (sqlite3 insists) and must
+    not hold it for good: a timer signal interrupts a close() past its deadline (one
+    blocked in a wait, a sleep or on a socket), which is logged and left. Elsewhere than
+    the main thread, where signals are not delivered, it is ``close_here``.
     """
-    barrier = threading.Barrier(threads)
-
-    def sweep() -> None:
-        with contextlib.suppress(threading.BrokenBarrierError):
-            barrier.wait(timeout_s)
+    if threading.current_thread() is not threading.main_thread():
         close_here(owners)
-
+        return
+    held: _Held | None = getattr(_local, "held", None)
+    if held is None:
+        return
+    previous = signal.signal(signal.SIGALRM, _abandon)
     try:
-        futures = [pool.submit(sweep) for _ in range(threads)]
-    except RuntimeError:  # the pool is shut down: its threads closed theirs as they ended
-        return 0
-    done, _ = concurrent.futures.wait(futures, timeout=timeout_s + 1.0)
-    return len(done)
+        for owner in [o for o in owners if o in held.by_owner]:
+            _, value = held.by_owner.pop(owner)
+            global _armed  # noqa: PLW0603 - read by the signal handler
+            _armed = True
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+            try:
+                _close(owner, value)
+                _armed = False
+            except _Abandoned:
+                _armed = False
+                log_stuck(owner, client_name(value), threading.current_thread().name, timeout)
+            finally:
+                _armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def log_stuck(owner: str, client: str, thread: str, timeout: float) -> None:
+    """Say that a client's close() did not return within ``timeout`` seconds."""
+    log.warning(
+        "resource_close_stuck",
+        worker=owner,
+        client=client,
+        thread=thread,
+        timeout=timeout,
+        fix="the client is left as it is; see why its close() blocks (a dead server?)",
+    )
 
 
 class WithResource:

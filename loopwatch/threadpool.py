@@ -271,6 +271,25 @@ class ThreadPool:
                 _run(job)
             job.inbox.post(job)
             del job  # no finished call is kept alive by an idle thread
+            if me not in self._threads:
+                return  # forgotten while it hung: a replacement has its place
+
+    def forget(self, ident: int) -> str | None:
+        """Give up on thread ``ident`` (stuck in a call for good): it no longer counts.
+
+        A new thread may start in its place; the forgotten one ends if its call ever
+        returns. Returns its name, None if it is not one of this pool's threads.
+        """
+        with self._lock:
+            for thread in self._threads:
+                if thread.ident == ident:
+                    self._threads.discard(thread)
+                    return thread.name
+        return None
+
+    def thread_idents(self) -> set[int]:
+        """The idents of the threads alive now."""
+        return {t.ident for t in list(self._threads) if t.ident is not None}
 
     def in_each_thread(self, fn: Callable[[], object], timeout: float) -> list[asyncio.Future[Any]]:
         """Run ``fn`` once in each thread alive now; from a loop's thread.

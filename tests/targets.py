@@ -208,3 +208,22 @@ def fetch(session: object, url: str) -> int:
 
     assert isinstance(session, requests.Session)
     return session.get(url, timeout=10).status_code
+
+
+class StuckClient:
+    """A client whose ``close()`` never returns (a driver waiting on a dead server)."""
+
+    def close(self) -> None:
+        import threading
+
+        threading.Event().wait()
+
+
+def stuck_client(tag: str = "") -> StuckClient:
+    """The ``setup`` of the hung-close tests; ``tag`` tells generations apart."""
+    return StuckClient()
+
+
+def use_client(client: object) -> None:
+    """A target that only needs its thread's client to exist."""
+    assert client is not None

@@ -27,7 +27,7 @@ class _OnLoop(Strategy):
 
     @override
     async def close_clients(self, owners: Collection[str], timeout: float) -> None:
-        resources.close_here(owners)
+        resources.close_here_within(owners, timeout)
 
 
 class BlockingStrategy(_OnLoop):

@@ -95,15 +95,24 @@ class ThreadStrategy(Strategy):
     async def close_clients(self, owners: Collection[str], timeout: float) -> None:
         """Each pool thread closes the clients of ``owners`` it made."""
         runs = self.pool.in_each_thread(functools.partial(resources.close_here, owners), timeout)
-        if runs:
-            _, busy = await asyncio.wait(runs, timeout=timeout + 1.0)
-            if busy:
-                log.warning(
-                    "resource_close_deferred",
-                    workers=sorted(owners),
-                    threads=len(busy),
-                    reason="pool threads still busy: each closes its clients after its call",
-                )
+        if not runs:
+            return
+        _, busy = await asyncio.wait(runs, timeout=timeout + 1.0)
+        if not busy:
+            return
+        idents = self.pool.thread_idents()
+        stuck = {i: c for i, c in list(resources.CLOSING.items()) if i in idents and c[0] in owners}
+        for ident, (owner, client, _) in stuck.items():
+            # Its close() hangs: the thread is given up on, so the pool is whole again.
+            name = self.pool.forget(ident)
+            resources.log_stuck(owner, client, name or str(ident), timeout)
+        if len(busy) > len(stuck):
+            log.info(
+                "resource_close_deferred",
+                workers=sorted(owners),
+                threads=len(busy) - len(stuck),
+                reason="pool threads busy with calls: each closes its clients after its call",
+            )
 
     @override
     async def aclose(self, timeout: float) -> None:
