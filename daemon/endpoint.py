@@ -118,7 +118,7 @@ class MetricsEndpoint:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind((self._cfg.host, self._cfg.port))
-            listener.listen(128)
+            listener.listen(MAX_PENDING)
         except OSError as exc:
             listener.close()
             raise EndpointError(
@@ -185,14 +185,18 @@ class MetricsEndpoint:
             except BlockingIOError:
                 return True
             except OSError as exc:
-                if exc.errno in _OUT_OF_FDS:
-                    self.out_of_fds += 1
-                    # Make room: the oldest client still sending its head goes first.
-                    if self._pending:
-                        self._drop(selector, next(iter(self._pending.values())))
-                    self._accept_paused_until = monotonic() + ACCEPT_PAUSE_S
-                    return False
-                return True  # ECONNABORTED and the like: that client's problem
+                if exc.errno not in _OUT_OF_FDS:
+                    return True  # ECONNABORTED and the like: that client's problem
+                self.out_of_fds += 1
+                if self._pending:
+                    # Make room, and take the next one now: the oldest client still
+                    # sending its head goes first, so a queue of idle connections
+                    # ahead of a scrape is worked through at once, not one per pause.
+                    self._drop(selector, next(iter(self._pending.values())))
+                    continue
+                # Nothing of ours to give back: the descriptors are used elsewhere.
+                self._accept_paused_until = monotonic() + ACCEPT_PAUSE_S
+                return False
             if len(self._pending) >= MAX_PENDING:
                 self._drop(selector, next(iter(self._pending.values())))
             self._admit(selector, sock)

@@ -291,3 +291,46 @@ def test_accept_rests_instead_of_spinning_when_descriptors_run_out() -> None:
     assert found["out_of_fds"] < 100  # ~20 tries a second at most: resting, not spinning
     assert found["used"] < 0.3
     assert found["answered"]
+
+
+LIMITED_ENDPOINT = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from prometheus_client import CollectorRegistry
+from loopwatch.daemon.app import build_app
+from loopwatch.daemon.config import DaemonConfig, MetricsConfig
+from tests.helpers import free_port
+
+endpoint = build_app(
+    DaemonConfig(metrics=MetricsConfig(port=free_port())), registry=CollectorRegistry()
+).endpoint
+endpoint.start()
+print(endpoint.url, flush=True)
+sys.stdin.read()  # until the test is done
+"""
+
+
+def test_a_scrape_is_answered_within_2_s_past_300_idle_clients_at_a_64_fd_limit() -> None:
+    """Idle connections fill every descriptor: they make room for the scrape at once."""
+    idle: list[socket.socket] = []
+    with subprocess.Popen(
+        [sys.executable, "-c", LIMITED_ENDPOINT],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as server:  # fmt: skip
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            port = int(url.split(":")[2].split("/")[0])
+            idle.extend(
+                socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(300)
+            )
+            started = time.monotonic()
+            body = get(url)
+            took = time.monotonic() - started
+        finally:
+            for sock in idle:
+                sock.close()
+            server.kill()
+    assert "loopwatch_build_info" in body
+    assert took < 2.0, f"the scrape took {took:.1f} s"

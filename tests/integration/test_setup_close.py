@@ -42,7 +42,11 @@ def test_a_close_that_never_returns_holds_no_slot_no_loop_no_reload_and_no_stop(
     for reload, tag in enumerate(("b", "c", "d"), start=1):
         config(tag)
         daemon.signal(signal.SIGHUP)
-        poll(lambda: len(daemon.named("config_reloaded")) >= reload, timeout=20, what="a reload")
+        poll(
+            lambda n=reload: len(daemon.named("config_reloaded")) >= n,  # type: ignore[misc]
+            timeout=20,
+            what="a reload",
+        )
         done = tasks_done(daemon, "other", "thread")
         wait_tasks(daemon, "other", "thread", at_least=done + 5)  # the unrelated worker runs on
         wait_tasks(daemon, "stuck", strategy, at_least=3)  # and so does the replacement
