@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_process import ROOT, histogram_quantile
-from tests.helpers import StartDaemon, WriteConfig, free_port, tasks_done, wait_tasks, worker_toml
+from tests.helpers import (
+    StartDaemon,
+    WriteConfig,
+    free_port,
+    lag_floor,
+    tasks_done,
+    wait_tasks,
+    worker_toml,
+)
 
 pytestmark = pytest.mark.integration
 LAG = "loopwatch_event_loop_lag_seconds"
@@ -43,7 +51,9 @@ def test_embedded_cluster_runs_cpu_work_with_low_lag_and_counts_errors_and_timeo
     assert time.monotonic() - first < 3.0
     failed = daemon.wait_event("task_failed", lambda e: e["worker"] == "bad")
     assert failed["error"] == "RuntimeError: dask boom"
-    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.025
+    p99 = histogram_quantile(daemon.scrape(), LAG, 0.99)
+    floor = lag_floor()
+    assert p99 <= 0.025 + 2 * floor, f"lag p99 {p99:.4f} s; this machine's own floor {floor:.4f} s"
     assert daemon.stop(30) == 0
 
 

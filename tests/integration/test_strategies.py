@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_process import children_of, histogram_quantile
-from tests.helpers import StartDaemon, WriteConfig, tasks_done, wait_tasks, worker_toml
+from tests.helpers import StartDaemon, WriteConfig, lag_floor, tasks_done, wait_tasks, worker_toml
 from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,9 @@ def test_process_keeps_lag_p99_under_10ms_while_cpu_work_completes(
     wait_tasks(daemon, "cpu", "process", at_least=6)
     # One busy child leaves the loop a core of this 2-core machine; two would make the
     # OS scheduler, not the daemon, the source of lag.
-    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.01
+    p99 = histogram_quantile(daemon.scrape(), LAG, 0.99)
+    floor = lag_floor()
+    assert p99 <= 0.01 + 2 * floor, f"lag p99 {p99:.4f} s; this machine's own floor {floor:.4f} s"
     daemon.stop()
 
 
@@ -74,7 +76,9 @@ def test_cooperative_and_executor_strategies_run_generators(
     # The custom executor's thread parses JSON holding the GIL while the cooperative
     # worker runs on the loop: they trade the GIL every switch interval (5 ms), so this
     # mix is bounded by a few switch intervals, not by the slice alone.
-    assert histogram_quantile(daemon.scrape(), LAG, 0.99) <= 0.1
+    p99 = histogram_quantile(daemon.scrape(), LAG, 0.99)
+    floor = lag_floor()
+    assert p99 <= 0.1 + 2 * floor, f"lag p99 {p99:.4f} s; this machine's own floor {floor:.4f} s"
     daemon.stop()
 
 
