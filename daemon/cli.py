@@ -7,7 +7,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import resource
 import sys
 import threading
@@ -22,6 +21,7 @@ import loopwatch
 from loopwatch.daemon import __version__
 from loopwatch.daemon.config import DaemonConfig, MetricsConfig, config_path_from_env, load_config
 from loopwatch.daemon.errors import ConfigError, EndpointError, LoopwatchError
+from loopwatch.threadpool import RUNNING
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -206,24 +206,18 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
-# loopwatch's pool threads ("loopwatch-12") are daemon threads: one alive at exit is
-# stuck in a call.
-POOL_THREAD = re.compile(r"loopwatch-\d+")
-
-
 def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> None:
     """Exit with ``code`` past threads that cannot be stopped (a pool thread stuck in a target).
 
     The interpreter would join them at exit and hang; their calls were counted and
     cancelled already, so they are logged by name and left behind.
     """
-    for thread in threading.enumerate():
-        if POOL_THREAD.fullmatch(thread.name):
-            thread.join(0.1)  # a pool thread told to end, ending now
+    busy = sorted(RUNNING.values())  # pool threads still in a call: they never hold the exit
+    if busy:
+        log.warning("shutdown_stragglers", threads=busy)
     stuck = [
         t.name for t in threading.enumerate()
-        if t is not threading.main_thread() and t.is_alive()
-        and (not t.daemon or POOL_THREAD.fullmatch(t.name))
+        if t is not threading.main_thread() and not t.daemon and t.is_alive()
     ]  # fmt: skip
     if stuck:
         log.warning("shutdown_stragglers", threads=stuck)

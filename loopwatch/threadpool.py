@@ -34,6 +34,8 @@ from typing import Any
 from loopwatch.occupant import POOL_CALLS
 
 _ids = itertools.count(1)
+# Thread ident -> name of every pool thread running a call now (each writes its own).
+RUNNING: dict[int, str] = {}
 
 
 class Job:
@@ -268,7 +270,9 @@ class ThreadPool:
             if not job.future.cancelled():
                 job.started = perf_counter()
                 calls[ident] = (job.worker, job.fn)
+                RUNNING[ident] = me.name
                 _run(job)
+                del RUNNING[ident]
             job.inbox.post(job)
             del job  # no finished call is kept alive by an idle thread
             if me not in self._threads:

@@ -74,6 +74,7 @@ class Watcher:
         stall_threshold: float = 0.1,
         dump_after: float = 10.0,
         on_stall: Callable[[StallEvent], None] | None = None,
+        log_stalls: bool = True,
     ) -> None:
         check_settings(resolution, stall_threshold, dump_after)
         self._on_stall = on_stall
@@ -88,6 +89,7 @@ class Watcher:
             self.occupant,
             dump_after_s=dump_after,
             on_stall=self._deliver,
+            emit=None if log_stalls else _silent,
         )
         self._busy: BusyCollector | None = None
 
@@ -158,6 +160,10 @@ class Watcher:
         """Change the probe's period and the stall threshold now (from the loop's thread)."""
         check_settings(resolution, stall_threshold, 0.0)
         self.probe.reconfigure(resolution, stall_threshold)
+
+
+def _silent(_: dict[str, Any]) -> None:
+    """No ``stall`` log line: the receiver of the events reports them its own way."""
 
 
 class _Subscriber:
