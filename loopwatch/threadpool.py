@@ -256,13 +256,16 @@ class ThreadPool:
             try:
                 job = get(timeout=timeout)
             except queue.Empty:
-                # Idle: leave, unless a job came meanwhile (submit counts threads under
-                # the same lock, so it starts a new one if this one is gone).
+                # Idle: leave, unless a job came meanwhile.
                 with self._lock:
-                    if self._jobs.empty():
-                        self._threads.discard(me)
-                        return
-                continue
+                    if not self._jobs.empty():
+                        continue
+                    self._threads.discard(me)
+                # A job put between that look and our leaving was counted against us by
+                # submit, which then started no thread for it: start one for it now.
+                if not self._jobs.empty() and not self.closed:
+                    self._spawn()
+                return
             if job is None:  # closing
                 with self._lock:
                     self._threads.discard(me)

@@ -86,10 +86,14 @@ async def test_cpu_stall_names_the_users_line_and_its_worker(
     assert event["culprit"].endswith(" spin")
     assert event["stack"][-1] == event["culprit"]
     assert event["duration"] == pytest.approx(0.3, abs=0.05)
-    assert event["loop_cpu"] == pytest.approx(0.3, abs=0.1)
+    # On a loaded host the spin also waits for a CPU: part of it is honestly `starved`.
+    assert 0.1 <= event["loop_cpu"] <= event["duration"] + 0.05
     assert event["ongoing"] is False
     assert sum(c["seconds"] for c in event["culprits"]) == pytest.approx(event["duration"], 1e-3)
-    assert blocked(registry, "me", "cpu") == pytest.approx(0.3, abs=0.06)
+    causes = ("cpu", "wait", "gil", "gc", "starved", "unknown")
+    total = sum(blocked(registry, "me", cause) for cause in causes)
+    assert total == pytest.approx(0.3, abs=0.06)
+    assert blocked(registry, "me", "cpu") >= total / 2
     assert registry.get_sample_value("loopwatch_event_loop_stalls_total") == 1
 
 
