@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 def events(db: Path) -> list[tuple[str, str, int, int]]:
-    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone does not close
+    # The daemon may still write: wait for its lock as long as its writers would (30 s).
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:  # `with conn` alone does not close
         return list(conn.execute("SELECT kind, tag, pid, thread FROM events"))
 
 
