@@ -272,3 +272,28 @@ def test_the_console_log_defuses_escapes_in_stack_lines() -> None:
     assert "\x1b" not in rendered
     assert "\x07" not in rendered
     assert "\ufffd]0;pwned\ufffdb.py:2 g" in rendered
+
+
+@pytest.mark.parametrize(
+    ("loop_cpu", "loop_queue", "holder_cpu", "late", "cause"),
+    [
+        (0.4, 0.3, 0.0, False, "cpu"),  # a busy loop sharing its CPU with two hogs
+        (0.2, 0.4, 0.0, False, "starved"),  # mostly waiting for a CPU, never blocked
+        (0.02, 0.0, 0.4, True, "gil"),  # a C call in a thread, itself slowed by hogs
+        (0.02, 0.0, 0.05, True, "unknown"),  # nobody ran: the watchdog cannot say
+        (0.02, 0.0, 0.0, False, "wait"),  # blocked in a call of its own
+    ],
+)
+def test_causes_on_a_loaded_host(
+    loop_cpu: float, loop_queue: float, holder_cpu: float, late: bool, cause: str
+) -> None:
+    """One second's interval, as readings beside CPU hogs give it (measured, 2 cores)."""
+    from loopwatch import causes
+
+    before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0, thread_cpu_s={7: 0.0})
+    after = causes.Reading(
+        at=1.0, loop_cpu_s=loop_cpu, loop_queue_s=loop_queue, thread_cpu_s={7: holder_cpu},
+        queue_at=1.0,
+    )  # fmt: skip
+    verdict = causes.classify(before, after, 0.0, -1, watchdog_late=late)
+    assert verdict.cause == cause

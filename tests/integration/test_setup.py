@@ -19,7 +19,9 @@ pytestmark = pytest.mark.integration
 
 def events(db: Path) -> list[tuple[str, str, int, int]]:
     # The daemon may still write: wait for its lock as long as its writers would (30 s).
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:  # `with conn` alone does not close
+    with contextlib.closing(
+        sqlite3.connect(db, timeout=30)
+    ) as conn:  # `with conn` alone does not close
         return list(conn.execute("SELECT kind, tag, pid, thread FROM events"))
 
 
