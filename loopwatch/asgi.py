@@ -61,14 +61,19 @@ class LoopwatchMiddleware:
             stall_threshold=stall_threshold,
             dump_after=dump_after,
         )
-        self._started = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.watcher.occupant.request_frames[_CALL_CODE] = _name_request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve ``scope`` through the app, watching the loop and noting the request."""
-        if not self._started:
-            self._started = True
-            self.watcher.start(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # First call, or a new loop (a test client per request, no lifespan): watch
+            # the loop that serves now; the old one's watching ends with it.
+            if self._loop is not None:
+                self.watcher.stop()
+            self._loop = loop
+            self.watcher.start(loop)
         kind = scope["type"]
         if kind == "lifespan":
             await self.app(scope, receive, self._stop_after_shutdown(send))
@@ -85,7 +90,7 @@ class LoopwatchMiddleware:
             await send(message)
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
                 self.watcher.stop()
-                self._started = False
+                self._loop = None
 
         return send_and_stop
 

@@ -113,6 +113,14 @@ class StallWatchdog:
         self._throttle.flush(force=True)
         self._metrics.event_loop_stall.set_function(lambda: 0.0)
 
+    def _loop_gone(self) -> None:
+        """The watched loop was closed without ``stop``: end watching, report nothing."""
+        self._stopped.set()
+        self._gc.uninstall()
+        if self._dump is not None:
+            self._dump.close()
+            self._dump = None
+
     def current_stall_s(self) -> float:
         """Length of the stall in progress, 0 when the loop is responsive."""
         if self._stopped.is_set():
@@ -145,6 +153,9 @@ class StallWatchdog:
             threshold = self._probe.stall_threshold_s
             overdue = perf_counter() - beat - self._probe.resolution_s
             if overdue >= threshold:
+                if self._loop is not None and self._loop.is_closed():
+                    self._loop_gone()  # not a stall: nothing will ever run on it again
+                    return
                 self._follow(beat)
                 continue
             # Woken late, the watchdog itself was not run: the run-queue figure is news.
