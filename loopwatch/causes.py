@@ -191,12 +191,15 @@ def classify(  # noqa: PLR0911 - a decision table: one return per cause
         return Verdict("gc", gc_s=gc_s, gc_generation=gc_generation, **evidence)
     if loop_cpu >= MOST * span:
         return Verdict("cpu", **evidence)
-    if queue >= MOST * queue_span:
+    # The run-queue figure may cover more than this interval (it is refreshed once a
+    # second while healthy), but a healthy loop hardly waits for a CPU: its wait is
+    # this interval's.
+    waited = min(queue, span)
+    if waited >= MOST * min(span, queue_span):
         return Verdict("starved", **evidence)
-    if loop_cpu + queue * span / queue_span >= MOST * span:
+    if loop_cpu + waited >= MOST * span:
         # Runnable throughout, on a CPU or waiting for one, never blocked: a loaded
         # host's share of a busy loop. Named by the larger part.
-        waited = queue * span / queue_span
         return Verdict("cpu" if loop_cpu >= waited else "starved", **evidence)
     # Another thread ran while the loop thread did not, and the watchdog could not run
     # either: that thread held the GIL. (A thread in native code that released the GIL,

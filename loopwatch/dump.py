@@ -28,7 +28,7 @@ class NativeDump:
 
     def __init__(self, after_s: float) -> None:
         self.after_s = after_s
-        self._rearm_s = min(REARM_EVERY_S, after_s / 2)
+        self.rearm_s = min(REARM_EVERY_S, after_s / 2)
         self._read_fd, self._write_fd = os.pipe()
         for fd in (self._read_fd, self._write_fd):
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -40,10 +40,10 @@ class NativeDump:
     def keep_armed(self) -> None:
         """Push the dump's deadline forward (at most once a second: it is not free)."""
         now = perf_counter()
-        if now - self._armed_at >= self._rearm_s:
+        if now - self._armed_at >= self.rearm_s:
             # + one re-arm period: the deadline was set up to that long before the stall.
             faulthandler.dump_traceback_later(
-                self.after_s + self._rearm_s, repeat=False, file=self._write_fd
+                self.after_s + self.rearm_s, repeat=False, file=self._write_fd
             )
             self._armed_at = now
 

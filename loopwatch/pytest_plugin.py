@@ -24,6 +24,7 @@ import contextlib
 import functools
 import inspect
 import json
+import math
 import sys
 import threading
 import time
@@ -64,6 +65,7 @@ BLOCKING_EVENTS = frozenset(
 NOISE_CAUSES = frozenset({"starved", "unknown"})
 NOISE_FACTOR = 2.0
 DEFAULT_THRESHOLD = 0.1
+NATIVE_DUMP_AFTER = 1.0
 STACK_DEPTH = 40
 
 
@@ -170,11 +172,18 @@ class Session:
         self.threshold = threshold
         self.allow = allow
         self.current: Watching | None = None
+        self.watcher: Watcher | None = None
         self.blocked: dict[str, list[Finding]] = {}
         self.warned: dict[str, list[Finding]] = {}
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only when enabled
 
         self.registry = CollectorRegistry()
+
+    def stall(self, event: StallEvent) -> None:
+        """The watcher's callback (its thread): to the test being watched."""
+        watch = self.current
+        if watch is not None:
+            watch.stall(event)
 
     def audit(self, event: str, args: tuple[Any, ...]) -> None:
         """The audit hook: cheap for every event, work only for a blocking one on the loop."""
@@ -399,37 +408,47 @@ def _watched(
     @functools.wraps(original)
     async def watched(*args: Any, **kwargs: Any) -> Any:
         watch = Watching(session, code, allowed)
-        watcher = _start_watching(session, watch)
+        watcher = _watcher(session)
         hooks = _Hooks(watch)
         session.current = watch
+        # A shorter blind stall (native code held the GIL) is put on the test itself.
+        watcher.occupant.last = ("", original, time.perf_counter(), math.inf)
+        watcher.start(asyncio.get_running_loop())
         try:
             return await original(*args, **kwargs)
         finally:
-            session.current = None
-            hooks.remove()
             await _let_last_stall_show(watcher)
             watcher.stop()
+            watcher.occupant.last = ("", None, 0.0, 0.0)
+            session.current = None
+            hooks.remove()
             findings.extend(watch.findings)
 
     return watched
 
 
-def _start_watching(session: Session, watch: Watching) -> Watcher:
-    from loopwatch.watcher import Watcher  # noqa: PLC0415 - only when enabled
+def _watcher(session: Session) -> Watcher:
+    """The session's one watcher: its watchdog thread is parked between tests, not ended."""
+    if session.watcher is None:
+        from loopwatch.watcher import Watcher  # noqa: PLC0415 - only when enabled
 
-    threshold = session.threshold
-    watcher = Watcher(
-        registry=session.registry,
-        resolution=min(0.01, threshold / 5),
-        stall_threshold=threshold,
-        # A C call holding the GIL on the loop (a regex, a parser) blinds every Python
-        # thread: faulthandler's dump, from C, names the line.
-        dump_after=threshold,
-        on_stall=watch.stall,
-        log_stalls=False,  # the verdict reports them
-    )
-    watcher.start(asyncio.get_running_loop())
-    return watcher
+        threshold = session.threshold
+        session.watcher = Watcher(
+            registry=session.registry,
+            resolution=min(0.01, threshold / 5),
+            stall_threshold=threshold,
+            # A C call holding the GIL on the loop (a regex, a parser) blinds every Python
+            # thread: faulthandler's dump, from C, names the line.
+            # A C call holding the GIL on the loop for a second or more (a regex, a parser)
+            # blinds every Python thread: faulthandler's dump, from C, names its line.
+            # Not sooner: a dump reads other threads' states without the GIL, and a test
+            # suite's threads come and go (measured: a 0.1 s dump crashed one run in ten).
+            dump_after=max(threshold, NATIVE_DUMP_AFTER),
+            on_stall=session.stall,
+            log_stalls=False,  # the verdict reports them
+            keep_thread=True,
+        )
+    return session.watcher
 
 
 async def _let_last_stall_show(watcher: Watcher) -> None:
@@ -523,6 +542,13 @@ def _message(findings: list[Finding]) -> str:
 
 
 # --- the end of the run -----------------------------------------------------------------
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the session's watchdog thread."""
+    watching = config.stash.get(SESSION, None)
+    if watching is not None and watching.watcher is not None:
+        watching.watcher.watchdog.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -40,6 +40,8 @@ SAMPLE_S = 0.01
 ONGOING_AFTER_S = 0.5
 # The watchdog woke this much later than it asked: some thread held the GIL meanwhile.
 LATE_S = 0.02
+# How often a parked thread without a dump to keep armed looks whether to end.
+REARM_PARKED_S = 1.0
 # Finished stalls kept for a live view (``loopwatch top``), newest last.
 RECENT_STALLS = 20
 # How far up the loop thread's stack a request's middleware frame is looked for.
@@ -63,8 +65,15 @@ class StallWatchdog:
         aggregate_window_s: float = AGGREGATE_WINDOW_S,
         emit: Emit | None = None,
         on_stall: OnStall | None = None,
+        keep_thread: bool = False,
     ) -> None:
         self._probe = probe
+        # Watching many short-lived loops one after another (a test suite): ``stop`` parks
+        # the thread, and keeps the dump armed, for the next ``start``; ``close`` ends it.
+        self._keep_thread = keep_thread
+        self._resume = threading.Event()
+        self._parked = threading.Event()
+        self._closing = False
         self._metrics = metrics
         self._occupant = occupant
         self._emit = emit if emit is not None else _log_stall
@@ -79,6 +88,7 @@ class StallWatchdog:
         self._loop_ident = 0
         self._loop_native_id: int | None = None
         self._baseline: causes.Reading | None = None
+        self._baseline_thread: int | None = None
         self._wake_due = 0.0
         self._reported_beat = 0.0
         self.stalls = 0
@@ -91,27 +101,48 @@ class StallWatchdog:
         self._loop_native_id = threading.get_native_id()
         self._stopped.clear()
         self._gc.install()
-        if self._dump_after_s > 0:
+        if self._dump_after_s > 0 and self._dump is None:
             # A pipe per start: stop closes it, and a watcher may be started again (an
-            # ASGI app's lifespan, run once per test client).
+            # ASGI app's lifespan, run once per test client). A kept thread keeps it.
             self._dump = NativeDump(self._dump_after_s)
             self._dump.keep_armed()  # now: the first call may hold the GIL before we run
         self._metrics.event_loop_stall.set_function(self.current_stall_s)
+        if self._thread is not None and self._thread.is_alive():
+            if self._dump is not None:
+                self._dump.take()  # a dump written while parked is of no stall of ours
+            if self._baseline is not None and self._baseline_thread != self._loop_native_id:
+                self._baseline = None  # another thread's figures: read afresh
+            self._parked.clear()
+            self._resume.set()  # the parked thread watches this loop now
+            return
         self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop the thread; a stall still in progress and held-back repeats are logged."""
+        """Stop the thread; a stall still in progress and held-back repeats are logged.
+
+        With ``keep_thread`` the thread is parked, not ended: it has left the loop by the
+        time this returns, and ``start`` sends it to the next one.
+        """
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+            if self._keep_thread and not self._closing:
+                self._parked.wait(timeout_s)
+            else:
+                self._thread.join(timeout_s)
+                self._thread = None
         self._gc.uninstall()
-        if self._dump is not None:
+        if self._dump is not None and (self._closing or not self._keep_thread):
             self._dump.close()
             self._dump = None
         self._throttle.flush(force=True)
         self._metrics.event_loop_stall.set_function(lambda: 0.0)
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """End a kept thread (``keep_thread``) and its dump; plain ``stop`` otherwise."""
+        self._closing = True
+        self._resume.set()
+        self.stop(timeout_s)
 
     def _loop_gone(self) -> None:
         """The watched loop was closed without ``stop``: end watching, report nothing."""
@@ -138,16 +169,34 @@ class StallWatchdog:
         return causes.read(self._loop_ident, self._loop_native_id, threading.get_ident(), reuse)
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self._watch()
-            except Exception:
-                # The watchdog must outlive any bug of its own: log it, then go on.
-                log.exception("watchdog_error")
-                self._stopped.wait(1.0)
+        while True:
+            while not self._stopped.is_set():
+                try:
+                    self._watch()
+                except Exception:
+                    # The watchdog must outlive any bug of its own: log it, then go on.
+                    log.exception("watchdog_error")
+                    self._stopped.wait(1.0)
+            if not self._keep_thread or self._closing:
+                return
+            self._park()
+            if self._closing:
+                return
+
+    def _park(self) -> None:
+        """Wait, off any loop, for the next ``start``; the dump stays armed meanwhile."""
+        self._parked.set()
+        every = self._dump.rearm_s if self._dump is not None else REARM_PARKED_S
+        while not self._resume.wait(every):
+            if self._dump is not None:
+                self._dump.keep_armed()
+        self._resume.clear()
 
     def _watch(self) -> None:
-        self._baseline = self._read()
+        # Resumed on the same thread's next loop (a kept thread), the last figures are
+        # fresh enough to reuse the run-queue one: a schedstat read is the dearest part.
+        self._baseline = self._read(healthy=self._baseline is not None)
+        self._baseline_thread = self._loop_native_id
         while not self._stopped.is_set():
             beat = self._probe.last_beat
             threshold = self._probe.stall_threshold_s

@@ -75,6 +75,7 @@ class Watcher:
         dump_after: float = 10.0,
         on_stall: Callable[[StallEvent], None] | None = None,
         log_stalls: bool = True,
+        keep_thread: bool = False,
     ) -> None:
         check_settings(resolution, stall_threshold, dump_after)
         self._on_stall = on_stall
@@ -90,6 +91,7 @@ class Watcher:
             dump_after_s=dump_after,
             on_stall=self._deliver,
             emit=None if log_stalls else _silent,
+            keep_thread=keep_thread,
         )
         self._busy: BusyCollector | None = None
 
@@ -155,6 +157,11 @@ class Watcher:
         if self._busy is not None:
             self.metrics.registry.unregister(self._busy)
             self._busy = None
+
+    def close(self) -> None:
+        """Stop, and end the watchdog thread a ``keep_thread`` watcher parks between loops."""
+        self.stop()
+        self.watchdog.close()
 
     def reconfigure(self, resolution: float, stall_threshold: float) -> None:
         """Change the probe's period and the stall threshold now (from the loop's thread)."""

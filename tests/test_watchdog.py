@@ -297,3 +297,12 @@ def test_causes_on_a_loaded_host(
     )  # fmt: skip
     verdict = causes.classify(before, after, 0.0, -1, watchdog_late=late)
     assert verdict.cause == cause
+
+
+def test_a_starved_stall_the_watchdog_only_saw_at_its_end_is_starved() -> None:
+    """An unseen stall is classified from a baseline up to a second old: the wait is its own."""
+    from loopwatch import causes
+
+    before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0, queue_at=-0.9)
+    after = causes.Reading(at=0.4, loop_cpu_s=0.0005, loop_queue_s=0.2753, queue_at=0.4)
+    assert causes.classify(before, after, 0.0, -1, watchdog_late=True).cause == "starved"
