@@ -57,25 +57,6 @@ _LAZY = {
     "new_event_loop": "loopwatch.utilization",
     **dict.fromkeys(("Watcher", "watch"), "loopwatch.watcher"),
     **dict.fromkeys(("Offload", "run_sync", "set_default_threads"), "loopwatch.offload"),
-    **dict.fromkeys(
-        (
-            "STRATEGIES",
-            "STRATEGY_NAMES",
-            "BlockingStrategy",
-            "Call",
-            "CooperativeStrategy",
-            "DaskStrategy",
-            "ExecutorStrategy",
-            "PoolGauges",
-            "PoolStrategy",
-            "ProcessStrategy",
-            "Strategy",
-            "StrategySettings",
-            "ThreadStrategy",
-            "build_strategy",
-        ),
-        "loopwatch.strategies",
-    ),
     "ThreadPool": "loopwatch.threadpool",
 }
 
@@ -83,7 +64,8 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     if name == "__version__":
         return _version()
-    module = _LAZY.get(name)
+    # The rest of ``__all__`` is the strategy family's.
+    module = _LAZY.get(name, "loopwatch.strategies" if name in __all__ else None)
     if module is None:
         raise AttributeError(f"module 'loopwatch' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)

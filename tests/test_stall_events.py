@@ -73,3 +73,10 @@ async def test_a_failing_receiver_does_not_stop_the_watching() -> None:
     failures = [e for e in logs if e["event"] == "stall_receiver_failed"]
     assert failures
     assert failures[0]["error"] == "RuntimeError: receiver bug"
+
+
+def test_every_public_name_resolves() -> None:
+    """``loopwatch`` imports lazily: each name of ``__all__`` still comes when asked for."""
+    for name in loopwatch.__all__:
+        assert getattr(loopwatch, name) is not None, name
+    assert loopwatch.__version__
