@@ -61,6 +61,28 @@ class Stall:
             scale = duration / total
             self.seconds = {k: v * scale for k, v in self.seconds.items()}
 
+    def account_late_queue_wait(self, duration: float) -> None:
+        """Re-read ``unknown`` stretches as ``starved`` when the run-queue wait covers them.
+
+        The kernel adds a thread's run-queue wait to its figures only once it runs again:
+        while the loop waits for a CPU, every look finds no wait, and no thread running,
+        so those stretches were ``unknown``; the wait shows up in the last one. At the end
+        of the stall the total tells.
+        """
+        if self.queue_wait_s < causes.MOST * duration:
+            return
+        for key in [k for k in self.seconds if k[2] == "unknown"]:
+            starved: Key = (key[0], key[1], "starved")
+            self.seconds[starved] = self.seconds.get(starved, 0.0) + self.seconds.pop(key)
+            self.lines.setdefault(starved, {}).update(self.lines.pop(key, {}))
+            first = self.first.pop(key)
+            self.first.setdefault(
+                starved,
+                Sample(
+                    first.culprit, first.worker, "starved", first.stack, first.task, first.request
+                ),
+            )
+
     def _hottest(self, key: Key) -> str:
         lines = self.lines[key]
         return max(lines, key=lines.__getitem__)

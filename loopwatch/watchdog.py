@@ -255,6 +255,7 @@ class StallWatchdog:
         if tail > 0 and last is not None:
             self._charge_seconds(stall, last, tail)
         stall.fit(duration)
+        stall.account_late_queue_wait(duration)
         self._reported_beat = stall.beat
         self._baseline = self._read()
         self._report(stall, duration, ongoing=False)

@@ -306,3 +306,21 @@ def test_a_starved_stall_the_watchdog_only_saw_at_its_end_is_starved() -> None:
     before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0, queue_at=-0.9)
     after = causes.Reading(at=0.4, loop_cpu_s=0.0005, loop_queue_s=0.2753, queue_at=0.4)
     assert causes.classify(before, after, 0.0, -1, watchdog_late=True).cause == "starved"
+
+
+def test_a_wait_for_a_cpu_accounted_late_turns_unknown_stretches_starved() -> None:
+    """The kernel counts run-queue wait when the thread runs again: the end of a stall tells."""
+    from loopwatch import causes
+    from loopwatch.stall import Sample, Stall
+
+    stall = Stall(beat=0.0, start=0.01)
+    blind = Sample("/x/selectors.py:468 select", None, "unknown", ["/x/selectors.py:468 select"])
+    stall.charge(blind, 0.938, causes.Verdict("unknown", loop_cpu_s=0.0))
+    last = Sample("/x/selectors.py:468 select", None, "starved", ["/x/selectors.py:468 select"])
+    stall.charge(last, 0.0106, causes.Verdict("starved", loop_cpu_s=0.0, queue_wait_s=0.9501))
+    stall.fit(0.9486)
+    stall.account_late_queue_wait(0.9486)
+    event = stall.event(0.9486, ongoing=False)
+    assert event.cause == "starved"
+    assert [c.cause for c in event.culprits] == ["starved"]
+    assert event.culprits[0].seconds == pytest.approx(0.9486, abs=1e-3)
