@@ -161,13 +161,16 @@ class Verdict:
     holder_cpu_s: float = 0.0
 
 
+# The loop thread's CPU share of an interval it was runnable throughout that makes it
+# "cpu" (its code ran) rather than "starved" (the host did not run it).
+BUSY_SHARE = 0.1
 # The GIL holder's CPU share of the interval that names it: not "most", because on a
 # loaded host the holder itself waits for a CPU while it holds the GIL (measured beside
 # two CPU hogs on 2 cores: a 1.3 s C call in a thread got ~40% of the interval's CPU).
 HOLDER_SHARE = 0.2
 
 
-def classify(  # noqa: PLR0911 - a decision table: one return per cause
+def classify(
     before: Reading, after: Reading, gc_s: float, gc_generation: int, *, watchdog_late: bool
 ) -> Verdict:
     """The cause of an interval between two readings.
@@ -195,12 +198,11 @@ def classify(  # noqa: PLR0911 - a decision table: one return per cause
     # second while healthy), but a healthy loop hardly waits for a CPU: its wait is
     # this interval's.
     waited = min(queue, span)
-    if waited >= MOST * min(span, queue_span):
-        return Verdict("starved", **evidence)
-    if loop_cpu + waited >= MOST * span:
-        # Runnable throughout, on a CPU or waiting for one, never blocked: a loaded
-        # host's share of a busy loop. Named by the larger part.
-        return Verdict("cpu" if loop_cpu >= waited else "starved", **evidence)
+    if loop_cpu + waited >= MOST * min(span, queue_span):
+        # Runnable throughout, on a CPU or waiting for one, never blocked. Running code
+        # for a good part of it: a callback that computes, on a host that shares its
+        # CPUs (cpu); hardly at all: the host did not run it (starved).
+        return Verdict("cpu" if loop_cpu >= BUSY_SHARE * span else "starved", **evidence)
     # Another thread ran while the loop thread did not, and the watchdog could not run
     # either: that thread held the GIL. (A thread in native code that released the GIL,
     # or a pure-Python one handing it over every switch interval, leaves the watchdog

@@ -87,7 +87,7 @@ async def test_cpu_stall_names_the_users_line_and_its_worker(
     assert event["stack"][-1] == event["culprit"]
     assert event["duration"] == pytest.approx(0.3, abs=0.05)
     # On a loaded host the spin also waits for a CPU: part of it is honestly `starved`.
-    assert 0.1 <= event["loop_cpu"] <= event["duration"] + 0.05
+    assert 0.03 <= event["loop_cpu"] <= event["duration"] + 0.05
     assert event["ongoing"] is False
     assert sum(c["seconds"] for c in event["culprits"]) == pytest.approx(event["duration"], 1e-3)
     causes = ("cpu", "wait", "gil", "gc", "starved", "unknown")
@@ -278,7 +278,8 @@ def test_the_console_log_defuses_escapes_in_stack_lines() -> None:
     ("loop_cpu", "loop_queue", "holder_cpu", "late", "cause"),
     [
         (0.4, 0.3, 0.0, False, "cpu"),  # a busy loop sharing its CPU with two hogs
-        (0.2, 0.4, 0.0, False, "starved"),  # mostly waiting for a CPU, never blocked
+        (0.2, 0.4, 0.0, False, "cpu"),  # its code ran, though it waited more for a CPU
+        (0.05, 0.6, 0.0, False, "starved"),  # hardly ran at all: the host did not run it
         (0.02, 0.0, 0.4, True, "gil"),  # a C call in a thread, itself slowed by hogs
         (0.02, 0.0, 0.05, True, "unknown"),  # nobody ran: the watchdog cannot say
         (0.02, 0.0, 0.0, False, "wait"),  # blocked in a call of its own

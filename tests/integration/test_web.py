@@ -33,6 +33,11 @@ def server(request: pytest.FixtureRequest) -> Iterator[WebServer]:
     running.stop()
 
 
+def handler_stalls(server: WebServer) -> list[dict[str, object]]:
+    """The stalls that name a request handler of the app."""
+    return [s for s in stalls(server) if "_app.py:" in str(s["culprit"])]
+
+
 def wait_for_stalls(server: WebServer, count: int) -> list[dict[str, object]]:
     def enough() -> list[dict[str, object]]:
         found = stalls(server)
@@ -48,7 +53,10 @@ def test_a_blocking_handler_is_named_by_route_and_line_and_the_fix_removes_it(
 ) -> None:
     """The stall names `GET /items/{item_id}` and the handler's line; offloaded: no stall."""
     assert json.loads(server.get("/items/7")) == {"item_id": 7}
-    [stall] = wait_for_stalls(server, 1)
+    wait_for_stalls(server, 1)
+    # On a loaded host the server's own lazy imports can stall too (a collection during
+    # one, ~0.15 s beside two CPU hogs): only the handler's stalls are this test's.
+    [stall] = handler_stalls(server)
     assert stall["request"] == "GET /items/{item_id}"
     assert str(stall["culprit"]).endswith(" read_item")
     assert "_app.py:" in str(stall["culprit"])
@@ -59,4 +67,4 @@ def test_a_blocking_handler_is_named_by_route_and_line_and_the_fix_removes_it(
     for item in range(3):
         assert json.loads(server.get(f"/fixed/{item}")) == {"item_id": item}
     time.sleep(0.3)
-    assert len(stalls(server)) == 1  # the fixed route blocks nothing
+    assert len(handler_stalls(server)) == 1  # the fixed route blocks nothing
