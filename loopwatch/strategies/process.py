@@ -200,7 +200,7 @@ class ProcessStrategy(PoolStrategy):
         try:
             await asyncio.wait_for(asyncio.shield(running), grace_s)
         except TimeoutError:
-            self._replace(pool, reason="a call ran past its timeout twice over", kill=True)
+            self._replace(pool, reason="a call ran past its timeout twice over")
             with contextlib.suppress(Exception):
                 await running
         except Exception:  # the call's own error: nobody's any more
@@ -211,7 +211,6 @@ class ProcessStrategy(PoolStrategy):
         broken: concurrent.futures.Executor,
         *,
         reason: str = "a child process died",
-        kill: bool = False,
     ) -> None:
         with self._lock:
             if self.pool is not broken:
@@ -224,7 +223,7 @@ class ProcessStrategy(PoolStrategy):
             # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
             threading.Thread(
                 target=_retire_and_warm_up,
-                args=(broken, self.children(broken), self.pool, self.max_workers, kill),
+                args=(broken, self.children(broken), self.pool, self.max_workers),
                 name="loopwatch-pool-replace",
                 daemon=True,
             ).start()
@@ -245,13 +244,14 @@ def _retire_and_warm_up(
     children: list[BaseProcess],
     fresh: concurrent.futures.Executor,
     n: int,
-    kill: bool,
 ) -> None:
-    if kill:
-        # The pool breaks on the first dead child: its calls fail, their slots come back.
-        for process in children:
-            if process.is_alive():
-                process.kill()
+    # Its calls have failed already (the pool breaks on the first dead child), so the
+    # children left are of no use, and they ignore SIGTERM (see _init_pool_child): the
+    # executor's own clean-up (3.13 terminates, then joins them) would wait for them
+    # for good, and with it the interpreter's exit. Killed, they end now.
+    for process in children:
+        if process.is_alive():
+            process.kill()
     broken.shutdown(wait=False, cancel_futures=True)
     _warm_up(fresh, n)
 
