@@ -65,7 +65,7 @@ BLOCKING_EVENTS = frozenset(
 NOISE_CAUSES = frozenset({"starved", "unknown"})
 NOISE_FACTOR = 2.0
 DEFAULT_THRESHOLD = 0.1
-NATIVE_DUMP_AFTER = 1.0
+NATIVE_DUMP_AFTER = 0.5
 STACK_DEPTH = 40
 
 
@@ -439,7 +439,7 @@ def _watcher(session: Session) -> Watcher:
             stall_threshold=threshold,
             # A C call holding the GIL on the loop (a regex, a parser) blinds every Python
             # thread: faulthandler's dump, from C, names the line.
-            # A C call holding the GIL on the loop for a second or more (a regex, a parser)
+            # A C call holding the GIL on the loop for over half a second (a regex, a parser)
             # blinds every Python thread: faulthandler's dump, from C, names its line.
             # Not sooner: a dump reads other threads' states without the GIL, and a test
             # suite's threads come and go (measured: a 0.1 s dump crashed one run in ten).
