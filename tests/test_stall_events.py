@@ -53,7 +53,7 @@ async def test_stall_events_iterates_on_the_loop_and_ends_when_watching_stops() 
         await wait_until(lambda: bool(got), timeout=5)
     await asyncio.wait_for(consumer, 2)
     assert [e.ongoing for e in got] == [False]
-    assert got[0].cause == "wait"
+    assert got[0].duration >= 0.15  # its cause is the first test's to check
 
 
 async def test_a_failing_receiver_does_not_stop_the_watching() -> None:
