@@ -467,7 +467,6 @@ class _Hooks:
 
     def __init__(self, watch: Watching) -> None:
         self._sleep: Callable[[float | SupportsIndex], None] | None = None
-        self._watch = watch
         if sys.version_info < (3, 13):  # no time.sleep audit event before 3.13
             self._sleep = time.sleep
             real_sleep = time.sleep

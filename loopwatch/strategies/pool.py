@@ -61,16 +61,15 @@ class PoolStrategy(Strategy):
 
     @override
     async def call(self, call: Call, timeout: float) -> Any:
-        timeout_s = timeout
         submitted = time.time()
         future = self._submit(call)
         self.in_flight += 1
         waiter = asyncio.wrap_future(future)
         loop = waiter.get_loop()
-        deadline = loop.time() + timeout_s
-        if timeout_s < math.inf:
+        deadline = loop.time() + timeout
+        if timeout < math.inf:
             # Cancelling the waiter at the deadline also cancels a call still queued.
-            self._expiry.watch(loop, deadline, timeout_s, waiter)
+            self._expiry.watch(loop, deadline, timeout, waiter)
         ended = True
         try:
             started, result = await waiter
@@ -79,7 +78,7 @@ class PoolStrategy(Strategy):
             if task is not None and task.cancelling():
                 raise  # our caller is being cancelled: not this call's fault
             if loop.time() >= deadline:
-                error = self._timed_out(future, timeout_s)
+                error = self._timed_out(future, timeout)
                 ended = error.still_running is None
                 raise error from None
             # The pool dropped the call (a Dask scheduler lost it, a pool shut down):
