@@ -19,7 +19,6 @@ Usage: python benchmarks/pytest_peers.py   (writes benchmarks/results/pytest_pee
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.test_pytest_plugin import corpus_lines  # noqa: E402 - the corpus's one reader
+
 CORPUS = ROOT / "tests" / "corpus"
 PEERS = ROOT / "benchmarks" / ".peers-lib"
 PEER_PACKAGES = ("blockbuster==1.5.29", "pyleak==0.2.0", "aiocop==1.2.1")
@@ -92,17 +94,6 @@ def ensure_peers() -> None:
         )
 
 
-def marked_lines() -> dict[str, int]:
-    found: dict[str, int] = {}
-    test = None
-    for number, line in enumerate((CORPUS / "corpus_tests.py").read_text().splitlines(), 1):
-        if match := re.match(r"(?:async )?def (test_\w+)", line):
-            test = match.group(1)
-        if "# BLOCKS" in line and test is not None:
-            found[test] = number
-    return found
-
-
 def run(tool: str) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(tmp)
@@ -127,7 +118,7 @@ def run(tool: str) -> dict[str, object]:
                 if node is not None:
                     text += (node.get("message") or "") + (node.text or "")
             outcomes[case.get("name", "")] = text or None
-    lines = marked_lines()
+    lines = corpus_lines()
     blocking = [t for t in outcomes if t.startswith("test_blocks_")]
     fine = [t for t in outcomes if t.startswith("test_fine_")]
     caught = [t for t in blocking if outcomes[t]]
