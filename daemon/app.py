@@ -102,6 +102,8 @@ class App:
         self.failure_log = failure_log
         # Read at scrape time: a reload replaces the set, so not its bound method.
         metrics.pools.source = lambda: self.strategies.items()  # noqa: PLW0108
+        if endpoint is not None:
+            endpoint.decisions = self.decisions
         # Why start-up failed; cli maps it to an exit code.
         self.failure: LoopwatchError | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -233,7 +235,7 @@ class App:
         changes = await self.supervisor.apply(new.workers, strategies)
         # Workers on changed strategies were replaced by now: close what nobody uses, such
         # as the embedded Dask cluster once no worker is on "dask" any more.
-        strategies.retain({strategy_key(worker) for worker in new.workers})
+        strategies.retain(strategies.closure({strategy_key(worker) for worker in new.workers}))
         retired, self.strategies = self.strategies, strategies
         await retired.aclose(self.cfg.shutdown.timeout, keep=strategies)
         self.watcher.reconfigure(new.probe.resolution, new.probe.stall_threshold)
@@ -262,6 +264,10 @@ class App:
         while True:
             await asyncio.sleep(STATUS_INTERVAL_S)
             self.notifier.status(self._status_text())
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """What ``auto`` chose for each of its workers, and why (any thread)."""
+        return [d for _, strategy in self.strategies.items() for d in strategy.decisions()]
 
     def _status_text(self) -> str:
         p99_ms = self.watcher.probe.recent_quantile(0.99) * 1000

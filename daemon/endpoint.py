@@ -87,6 +87,8 @@ class MetricsEndpoint:
         self._cfg = cfg
         self._registry = registry
         self._stalls = stalls
+        # What "auto" chose for each worker (``/auto``), set by whoever knows.
+        self.decisions: Callable[[], list[dict[str, Any]]] | None = None
         # Written directly rather than through prometheus-client: with hundreds of
         # workers these are most of a scrape (see worker_stats).
         self._worker_stats = workers
@@ -274,8 +276,10 @@ class MetricsEndpoint:
         method, target = parts[0], parts[1].split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return _plain(405, "Method Not Allowed")
-        if target == "/stalls" and self._stalls is not None:
-            return _ok(method, json.dumps({"stalls": self._stalls()}).encode(), "application/json")
+        documents = {"/stalls": ("stalls", self._stalls), "/auto": ("workers", self.decisions)}
+        key, source = documents.get(target, ("", None))
+        if source is not None:
+            return _ok(method, json.dumps({key: source()}).encode(), "application/json")
         if target not in ("/metrics", "/"):
             return _plain(404, "Not Found")
         headers = {}

@@ -47,6 +47,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 SPARK_LEVELS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 HISTORY = 60
 SHOWN_STALLS = 5
+# An "auto" reason is a sentence of figures: longer than a culprit, still bounded.
+REASON_CHARS = 400
 # What is read of an endpoint is untrusted text: bounded in size, time and characters.
 METRICS_LIMIT = 32 * 1024 * 1024  # bytes: 300 workers' exposition is ~2 MB
 STALLS_LIMIT = 16 * 1024 * 1024  # 20 stalls: a pathological 5 MB culprit still fits
@@ -86,6 +88,8 @@ class Scrape:
     samples: Samples
     # None when the endpoint has no /stalls (a service's): culprits are in its log only.
     stalls: list[dict[str, Any]] | None = None
+    # Each "auto" worker's strategy now and why (the daemon's /auto), by worker name.
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def value(self, name: str, **labels: str) -> float | None:
         """The sample ``name{labels}``, None when absent."""
@@ -127,6 +131,7 @@ class Reader:
     ) -> None:
         self.url = url
         self._stalls_url = url.rsplit("/", 1)[0] + "/stalls"
+        self._auto_url = url.rsplit("/", 1)[0] + "/auto"
         self._timeout_s = timeout_s
         self._deadline_s = deadline_s
         self._ssl: ssl.SSLContext | None = None
@@ -146,7 +151,7 @@ class Reader:
             raise ScrapeError(f"not a metrics endpoint ({exc})") from None
         if (LAG + "_count", ()) not in samples:
             raise ScrapeError("no loopwatch metrics there (is it a loopwatch endpoint?)")
-        return Scrape(time.monotonic(), samples, self._recent_stalls())
+        return Scrape(time.monotonic(), samples, self._recent_stalls(), self._decisions())
 
     def _recent_stalls(self) -> list[dict[str, Any]] | None:
         with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
@@ -154,6 +159,13 @@ class Reader:
             if isinstance(stalls, list):
                 return [s for s in stalls if isinstance(s, dict)]
         return None  # not the daemon's endpoint: a service's /metrics has no /stalls
+
+    def _decisions(self) -> dict[str, dict[str, Any]]:
+        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
+            found = json.loads(self._get(self._auto_url, STALLS_LIMIT)).get("workers")
+            if isinstance(found, list):
+                return {str(d["worker"]): d for d in found if isinstance(d, dict) and "worker" in d}
+        return {}
 
     def _get(self, url: str, limit: int) -> str:
         """The body at ``url``: ValueError past ``limit`` bytes, TimeoutError past the deadline."""
@@ -257,7 +269,10 @@ class View:
         if self.cur is None or self.prev is None:
             return Group(title, Text("waiting for two scrapes..."))
         prev, cur = self.prev, self.cur
-        return Group(title, self._loop(prev, cur), _stalls(cur), _workers(prev, cur), _pools(cur))
+        parts = [self._loop(prev, cur), _stalls(cur), _workers(prev, cur), _pools(cur)]
+        if cur.decisions:
+            parts.append(_decisions(cur))
+        return Group(title, *parts)
 
     def _loop(self, prev: Scrape, cur: Scrape) -> Table:
         grid = Table.grid(padding=(0, 2))
@@ -334,6 +349,12 @@ def _workers(prev: Scrape, cur: Scrape) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
         worker, strategy = labels["worker"], labels["strategy"]
+        shown = strategy
+        decision = cur.decisions.get(worker)
+        if decision is not None and isinstance(decision.get("strategy"), str):
+            # "auto": the calls are counted under the strategy that runs them now.
+            strategy = decision["strategy"]
+            shown = f"auto: {strategy}"
         keys = {"worker": worker, "strategy": strategy}
         calls = sum(
             rate(prev, cur, "loopwatch_tasks_total", **keys, outcome=outcome) or 0.0
@@ -343,7 +364,7 @@ def _workers(prev: Scrape, cur: Scrape) -> Table:
         timeouts = cur.value("loopwatch_tasks_total", **keys, outcome="timeout") or 0.0
         table.add_row(
             Text(clean(worker)),
-            Text(clean(strategy)),
+            Text(clean(shown)),
             f"{calls:.1f}",
             f"{cur.value('loopwatch_tasks_in_flight', worker=worker) or 0.0:.0f}",
             Text(f"{errors:.0f}", style="red" if errors else ""),
@@ -353,6 +374,25 @@ def _workers(prev: Scrape, cur: Scrape) -> Table:
         )
     if table.row_count == 0:
         table.add_row("-", "no workers", "", "", "", "", "", "")
+    return table
+
+
+def _decisions(cur: Scrape) -> Table:
+    """Each "auto" worker: where it runs, how often it moved, and the last reason."""
+    table = _table("auto")
+    names = [clean(worker) for worker in cur.decisions]
+    table.add_column("worker", min_width=max([6, *map(len, names)]), no_wrap=True)
+    table.add_column("now", no_wrap=True)
+    table.add_column("moves", justify="right", no_wrap=True)
+    table.add_column("why", overflow="fold", ratio=1)
+    for worker, decision in sorted(cur.decisions.items()):
+        moves = number(decision.get("switches"))
+        table.add_row(
+            Text(clean(worker)),
+            Text(clean(decision.get("strategy"))),
+            f"{moves:.0f}" if moves is not None else "-",
+            Text(clean(decision.get("reason"), limit=REASON_CHARS)),
+        )
     return table
 
 

@@ -67,7 +67,7 @@ class Worker:
         self._failure_log = failure_log
         self._call = Call(_target(cfg), dict(cfg.kwargs), cfg.name)
         # Label children bound once: every microsecond on the per-call path shows.
-        self._stats = metrics.workers.stats(cfg.name, cfg.strategy)
+        self._stats = metrics.workers.stats(cfg.name, strategy.runs_as(cfg.name))
         self._slots: list[asyncio.Task[None]] = []
         self._calling: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -146,6 +146,10 @@ class Worker:
     async def _call_once(self) -> bool:
         self.started += 1
         stats = self._stats
+        runs_as = self.strategy.runs_as(self.name)
+        if runs_as != stats.strategy:
+            # "auto" moved the worker: the call is counted under the strategy that runs it.
+            stats = self._stats = self._metrics.workers.stats(self.name, runs_as)
         stats.in_flight += 1
         start = perf_counter()
         outcome = "error"

@@ -52,7 +52,7 @@ def run_untimed(
 class Occupant:
     """The worker (daemon) and the request (library mode) whose code runs on the loop."""
 
-    __slots__ = ("last", "request_frames", "requests", "worker")
+    __slots__ = ("gil_stalls", "last", "request_frames", "requests", "worker")
 
     def __init__(self) -> None:
         self.worker: str | None = None
@@ -67,3 +67,6 @@ class Occupant:
         # whose frame holds the request costs nothing per request, the watchdog finds
         # that frame on the loop thread's stack when a stall asks.
         self.request_frames: dict[CodeType, Callable[[FrameType], object]] = {}
+        # Worker -> stall seconds the watchdog charged to it with cause "gil" (written by
+        # the watchdog thread only): the evidence ``auto`` moves a worker to a process on.
+        self.gil_stalls: dict[str, float] = {}

@@ -14,11 +14,16 @@ import math
 import os
 import weakref
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from loopwatch.strategies.base import Call, Strategy
-from loopwatch.strategies.thread import ThreadStrategy
 from loopwatch.threadpool import ThreadPool
+
+if TYPE_CHECKING:
+    # Imported on first use of an Offload: the strategies bring pydantic along, and a
+    # first ``run_sync`` in a request handler would pay for that import on the loop
+    # (~0.1 s beside two CPU hogs, a stall of its own).
+    from loopwatch.strategies.base import Strategy
+    from loopwatch.strategies.thread import ThreadStrategy
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -108,6 +113,9 @@ class Offload:
 
     async def __call__(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` through the strategy; every argument goes to ``fn``."""
+        from loopwatch.strategies.base import Call  # noqa: PLC0415 - see the imports above
+        from loopwatch.strategies.thread import ThreadStrategy  # noqa: PLC0415
+
         strategy = self._strategy
         if strategy is None:
             pool = default_pool()

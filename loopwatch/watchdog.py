@@ -358,6 +358,9 @@ class StallWatchdog:
     ) -> None:
         stall.charge(sample, seconds, verdict)
         self._metrics.event_loop_blocked.labels(sample.worker or "", sample.cause).inc(seconds)
+        if sample.cause == "gil" and sample.worker:
+            stalls = self._occupant.gil_stalls
+            stalls[sample.worker] = stalls.get(sample.worker, 0.0) + seconds
 
     def _charge_seconds(self, stall: Stall, sample: Sample, seconds: float) -> None:
         self._charge(stall, sample, seconds, causes.Verdict(sample.cause, loop_cpu_s=0.0))

@@ -6,6 +6,7 @@ the project root on ``PYTHONPATH``), in pool children too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import time
@@ -227,3 +228,41 @@ def stuck_client(tag: str = "") -> StuckClient:
 def use_client(client: object) -> None:
     """A target that only needs its thread's client to exist."""
     assert client is not None
+
+
+def hold_gil(n: int = 10_000_000) -> int:
+    """One C call that holds the GIL throughout (``sum`` over a range: no bytecode runs)."""
+    return sum(range(n))
+
+
+_BUFFERS: dict[int, bytes] = {}
+
+
+def hash_buffer(mb: int = 24) -> str:
+    """SHA-256 of ``mb`` MB made once per process: native code that lets go of the GIL."""
+    data = _BUFFERS.get(mb)
+    if data is None:
+        data = _BUFFERS[mb] = bytes(mb * 1_000_000)
+    return hashlib.sha256(data).hexdigest()
+
+
+def count(n: int = 2_000_000) -> int:
+    """Pure-Python CPU work: it holds the GIL, handing it over every switch interval."""
+    while n:
+        n -= 1
+    return n
+
+
+def phases(since: float, io_for: float, period: float = 0.0, seconds: float = 0.05) -> str:
+    """I/O (a sleep) for ``io_for`` seconds after the epoch time ``since``, CPU after that.
+
+    With ``period``, the two alternate every ``period`` seconds from ``since`` on instead.
+    Each call is ``seconds`` long.
+    """
+    elapsed = time.time() - since
+    io = int(elapsed / period) % 2 == 0 if period else elapsed < io_for
+    if io:
+        time.sleep(seconds)
+        return "io"
+    count(int(seconds * 20_000_000))
+    return "cpu"

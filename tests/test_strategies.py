@@ -27,7 +27,7 @@ from loopwatch.strategies import (
     ThreadStrategy,
 )
 from tests import targets as test_targets
-from tests.waiting import wait_until
+from tests.waiting import poll, wait_until
 
 
 async def max_lag_while(
@@ -138,7 +138,8 @@ async def test_process_close_kills_children_still_busy() -> None:
     started = time.monotonic()
     await strategy.aclose(0.3)
     assert time.monotonic() - started < 3
-    assert not any(p.is_alive() for p in processes)
+    # Killed by now; on a loaded host the kernel may take a moment to let them go.
+    poll(lambda: not any(p.is_alive() for p in processes), timeout=5.0, what="children gone")
     call.cancel()
     with pytest.raises((asyncio.CancelledError, BrokenProcessPool)):
         await call

@@ -6,7 +6,8 @@ model, whether it runs on the loop, whether it pickles, what it calls, what it n
 installed). Adding a strategy is a module of its own and a line in the table. Modules
 group the strategies by where a call runs: ``inline`` (on the loop: blocking,
 cooperative), ``thread`` (loopwatch's own thread pool), ``pool`` (any
-concurrent.futures executor), ``process``, ``dask``.
+concurrent.futures executor), ``process``, ``dask``; ``auto`` runs each caller's calls
+through ``thread`` or ``process``, as measured.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from loopwatch.errors import StrategyError
 from loopwatch.occupant import Occupant
+from loopwatch.strategies.auto import AutoStrategy
 from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
 from loopwatch.strategies.dask import DaskStrategy
 from loopwatch.strategies.inline import BlockingStrategy, CooperativeStrategy
@@ -26,6 +28,7 @@ from loopwatch.strategies.thread import ThreadStrategy
 __all__ = [
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "AutoStrategy",
     "BlockingStrategy",
     "Call",
     "CooperativeStrategy",
@@ -52,6 +55,7 @@ STRATEGIES: Mapping[str, type[Strategy]] = {
         CooperativeStrategy,
         ExecutorStrategy,
         DaskStrategy,
+        AutoStrategy,
     )
 }
 STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)

@@ -67,6 +67,9 @@ class Strategy(abc.ABC):
     needs_factory: ClassVar[bool] = False
     # (module, extra): an optional dependency it needs, and the extra that installs it.
     requires: ClassVar[tuple[str, str] | None] = None
+    # Strategies it runs its calls through (by name), shared with other callers: whoever
+    # builds it builds those first and hands them over with ``bind``.
+    delegates: ClassVar[tuple[str, ...]] = ()
 
     # Set by whoever records metrics; strategies that pool calls report queue waits to it.
     queue_wait: QueueWait | None = None
@@ -79,6 +82,13 @@ class Strategy(abc.ABC):
         Raises StrategyError when it cannot be built.
         """
 
+    def bind(self, strategies: Mapping[str, Strategy]) -> None:  # noqa: B027 - most have none
+        """Hand over the started strategies named in ``delegates``."""
+
+    def runs_as(self, caller: str) -> str:  # noqa: ARG002 - one strategy runs every caller
+        """The name of the strategy that runs ``caller``'s next call (for metrics labels)."""
+        return self.name
+
     async def start(self) -> None:  # noqa: B027 - most strategies have nothing to warm up
         """Warm up (start pools) so the first call does not pay for it."""
 
@@ -89,6 +99,10 @@ class Strategy(abc.ABC):
         Raises CallTimeoutError after ``timeout`` seconds; on cancellation the call is
         abandoned the same way a timeout abandons it (see each strategy).
         """
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """What a strategy that chooses for each caller chose, and why (none here)."""
+        return []
 
     def gauges(self) -> PoolGauges | None:
         """The pool's saturation, None for strategies that run no pool."""

@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 
 from loopwatch.occupant import Occupant
-from loopwatch.strategies import Strategy, build_strategy, settings_of
+from loopwatch.strategies import Strategy, build_strategy, settings_of, strategy_class
 
 log = structlog.get_logger("loopwatch.strategies")
 
@@ -37,25 +37,42 @@ class StrategySet:
         self._lock = asyncio.Lock()
 
     def _settings_of(self, key: StrategyKey) -> object:
-        """What a strategy was built from: equal settings -> the instance can be kept."""
+        """What a strategy was built from: equal settings -> the instance can be kept.
+
+        A strategy that delegates was built from its delegates' settings too.
+        """
         name, factory = key
-        return (settings_of(name, self.settings), factory)
+        delegates = tuple(self._settings_of((d, None)) for d in strategy_class(name).delegates)
+        return (settings_of(name, self.settings), factory, delegates)
+
+    def closure(self, keys: set[StrategyKey]) -> set[StrategyKey]:
+        """``keys`` and the keys of the strategies they delegate to."""
+        found = set(keys)
+        for name, _ in keys:
+            found |= self.closure({(d, None) for d in strategy_class(name).delegates})
+        return found
 
     async def get(self, key: StrategyKey) -> Strategy:
         """The started strategy for ``key``; raises StrategyError when it cannot be built."""
         async with self._lock:
-            strategy = self._strategies.get(key)
-            if strategy is None:
-                strategy = build_strategy(key[0], self.settings, self._occupant, key[1])
-                if self._on_build is not None:
-                    self._on_build(key, strategy)
-                try:
-                    await strategy.start()
-                except BaseException:
-                    await strategy.aclose(1.0)
-                    raise
-                self._strategies[key] = strategy
+            return await self._get(key)
+
+    async def _get(self, key: StrategyKey) -> Strategy:
+        strategy = self._strategies.get(key)
+        if strategy is not None:
             return strategy
+        delegates = {d: await self._get((d, None)) for d in strategy_class(key[0]).delegates}
+        strategy = build_strategy(key[0], self.settings, self._occupant, key[1])
+        strategy.bind(delegates)
+        if self._on_build is not None:
+            self._on_build(key, strategy)
+        try:
+            await strategy.start()
+        except BaseException:
+            await strategy.aclose(1.0)
+            raise
+        self._strategies[key] = strategy
+        return strategy
 
     def peek(self, key: StrategyKey) -> Strategy | None:
         """The strategy ``key`` would get, if it exists already."""
@@ -64,7 +81,10 @@ class StrategySet:
     def inherit(self, old: StrategySet) -> None:
         """Share ``old``'s strategies whose settings did not change (``old`` keeps them too)."""
         for key, strategy in old._strategies.items():
-            if old._settings_of(key) == self._settings_of(key):
+            delegates = self.closure({key}) - {key}
+            if old._settings_of(key) == self._settings_of(key) and all(
+                old._strategies.get(d) is self._strategies.get(d) for d in delegates
+            ):
                 self._strategies[key] = strategy
 
     def items(self) -> list[tuple[StrategyKey, Strategy]]:

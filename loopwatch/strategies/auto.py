@@ -1,0 +1,370 @@
+"""The ``auto`` strategy: each caller's calls run on a thread or in a process, as evidence says.
+
+Every caller (a daemon worker, or an ``Offload`` name in a service) starts on ``thread``,
+safe for any target. Each call is measured where it runs (its CPU and wall time), the
+threads that run calls are sampled for whether they hold the GIL
+(``loopwatch.gilmeter``), and the watchdog's ``gil`` stall seconds are read per caller.
+Every ``window`` the figures go to ``loopwatch.choice.choose``, the rule the bench
+shares. A caller moves when ``confirm`` windows in a row agree and it has stayed
+``min_dwell`` seconds where it is; one that moves back soon after it left waits twice
+as long the next time, so a workload that alternates settles instead of flapping.
+
+A move is a reload of one caller: new calls go to the new strategy, calls in flight
+finish where they started, and once the last of them ended, the clients ``setup``
+made on the old strategy are closed by the threads that made them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections import Counter
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Annotated, Any, Literal, Self
+
+import structlog
+from pydantic import Field
+from typing_extensions import override
+
+from loopwatch import targets
+from loopwatch.choice import Choice, Evidence, Fit, choose
+from loopwatch.errors import StrategyError
+from loopwatch.gilmeter import GilMeter, Measured
+from loopwatch.occupant import Occupant
+from loopwatch.strategies.base import Call, Strategy, StrategySettings
+
+log = structlog.get_logger("loopwatch.strategies")
+
+Mode = Literal["switch", "advise"]
+# How long a caller's old strategy gets to close the clients ``setup`` made there.
+CLOSE_CLIENTS_S = 2.0
+
+
+class AutoSettings(StrategySettings):
+    """``[executors.auto]``: how ``auto`` decides."""
+
+    # "switch" moves callers; "advise" logs the same decisions and moves nothing.
+    mode: Mode = "switch"
+    # Seconds of evidence per decision.
+    window: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
+    # Decisions in a row that must agree before a caller moves.
+    confirm: Annotated[int, Field(ge=1, le=100)] = 2
+    # Seconds a caller stays where it moved before it may move again (doubled for a
+    # caller that came back to where it was soon after it left).
+    min_dwell: Annotated[float, Field(ge=0, le=86400)] = 20.0
+    # Seconds between looks at the threads running calls (the GIL sampling).
+    sample_interval: Annotated[float, Field(gt=0, le=1)] = 0.05
+
+
+@dataclass
+class _Caller:
+    """One caller's place, the evidence gathered for its next decision, and its history."""
+
+    key: str
+    since: float
+    dwell: float
+    strategy: Fit = "thread"
+    reason: str = "starts on thread, safe for any target, until its calls are measured"
+    switches: int = 0
+    calls: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    window_started: float = 0.0
+    stall_mark: float = 0.0
+    pickle_s: float | None = None
+    pickle_bytes: int | None = None
+    wanted: Fit | None = None
+    streak: int = 0
+    advised: Fit | None = None
+    left_at: dict[str, float] = field(default_factory=dict)
+    in_flight: Counter[str] = field(default_factory=Counter)
+
+    def reset_window(self, now: float) -> None:
+        self.calls, self.wall_s, self.cpu_s, self.window_started = 0, 0.0, 0.0, now
+
+
+class AutoStrategy(Strategy):
+    """Runs each caller's calls on ``thread`` or ``process``, whichever the evidence favours.
+
+    In the daemon it shares the ``thread`` and ``process`` strategies of
+    ``[executors]`` (``bind``); built alone (``AutoStrategy()``) it makes its own and
+    closes them in ``aclose``. Callers are told apart by ``Call.worker`` (an
+    ``Offload``'s ``name``), else by the target's qualified name.
+    """
+
+    name = "auto"
+    Settings = AutoSettings
+    delegates = ("thread", "process")
+
+    def __init__(
+        self,
+        *,
+        mode: Mode = "switch",
+        window: float = 5.0,
+        confirm: int = 2,
+        min_dwell: float = 20.0,
+        sample_interval: float = 0.05,
+        occupant: Occupant | None = None,
+    ) -> None:
+        self.mode = mode
+        self.window = window
+        self.confirm = confirm
+        self.min_dwell = min_dwell
+        self.sample_interval = sample_interval
+        self._occupant = Occupant() if occupant is None else occupant
+        self._strategies: dict[str, Strategy] = {}
+        self._owned: list[Strategy] = []
+        self._starting: dict[str, asyncio.Future[Strategy]] = {}
+        self._callers: dict[str, _Caller] = {}
+        self._meter = GilMeter()
+        self._tick: asyncio.TimerHandle | None = None
+        self._next_decision = 0.0
+        self._closers: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    @override
+    @classmethod
+    def build(
+        cls, settings: AutoSettings, *, occupant: Occupant, factory: str | None = None
+    ) -> Self:
+        return cls(
+            mode=settings.mode,
+            window=settings.window,
+            confirm=settings.confirm,
+            min_dwell=settings.min_dwell,
+            sample_interval=settings.sample_interval,
+            occupant=occupant,
+        )
+
+    @override
+    def bind(self, strategies: Mapping[str, Strategy]) -> None:
+        self._strategies.update(strategies)
+
+    @override
+    async def start(self) -> None:
+        self._ensure_ticking()
+
+    @override
+    def runs_as(self, caller: str) -> str:
+        found = self._callers.get(caller)
+        return "thread" if found is None else found.strategy
+
+    @override
+    def decisions(self) -> list[dict[str, Any]]:
+        """Each caller's strategy now and the reason, for ``loopwatch top`` and the endpoint."""
+        return [
+            {
+                "worker": c.key,
+                "strategy": c.strategy,
+                "reason": c.reason,
+                "switches": c.switches,
+                "mode": self.mode,
+                **({"advice": c.advised} if self.mode == "advise" and c.advised else {}),
+            }
+            for c in list(self._callers.values())
+        ]
+
+    @override
+    async def call(self, call: Call, timeout: float) -> Any:
+        if self.closed:
+            raise StrategyError("auto strategy is closed")
+        self._ensure_ticking()
+        key = call.worker or _name_of(call.fn)
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = self._new_caller(key, call)
+        name = caller.strategy
+        inner = self._strategies.get(name) or await self._own(name)
+        measured = Measured(call.fn, key if name == "thread" else None)
+        caller.in_flight[name] += 1
+        try:
+            result, cpu_s, wall_s = await inner.call(
+                Call(measured, call.kwargs, call.worker, call.args), timeout
+            )
+        finally:
+            caller.in_flight[name] -= 1
+            if name != caller.strategy and not caller.in_flight[name]:
+                self._close_left_behind(caller, name)
+        if name == caller.strategy:
+            caller.calls += 1
+            caller.cpu_s += cpu_s
+            caller.wall_s += wall_s
+        return result
+
+    def _new_caller(self, key: str, call: Call) -> _Caller:
+        now = perf_counter()
+        caller = self._callers[key] = _Caller(key, since=now, dwell=self.min_dwell)
+        caller.reset_window(now)
+        caller.stall_mark = self._occupant.gil_stalls.get(key, 0.0)
+        started = perf_counter()
+        try:
+            caller.pickle_bytes = len(pickle.dumps((call.fn, call.args, call.kwargs)))
+            caller.pickle_s = perf_counter() - started
+        except Exception as exc:  # anything a __reduce__ may raise
+            caller.pickle_s = float("inf")
+            error = f"{type(exc).__name__}: {exc}"
+            caller.reason = f"stays on thread: a process cannot take it ({error})"
+            log.info(
+                "strategy_advice",
+                worker=key,
+                **{"from": "thread", "to": "thread"},
+                reason=caller.reason,
+                mode=self.mode,
+            )
+        return caller
+
+    async def _own(self, name: str) -> Strategy:
+        """A strategy of our own (library use without ``bind``), started once."""
+        starting = self._starting.get(name)
+        if starting is None:
+            starting = self._starting[name] = asyncio.get_running_loop().create_future()
+            from loopwatch.strategies import build_strategy  # noqa: PLC0415 - a cycle
+
+            strategy = build_strategy(name, occupant=self._occupant)
+            try:
+                await strategy.start()
+            except BaseException as exc:
+                del self._starting[name]
+                starting.set_exception(exc)
+                starting.exception()  # retrieved: the callers waiting get it raised
+                await strategy.aclose(1.0)
+                raise
+            self._owned.append(strategy)
+            self._strategies[name] = strategy
+            starting.set_result(strategy)
+        return await asyncio.shield(starting)
+
+    def _close_left_behind(self, caller: _Caller, name: str) -> None:
+        """The last call on the strategy ``caller`` left ended: close its clients there."""
+        strategy = self._strategies.get(name)
+        if strategy is None:
+            return
+        task = asyncio.ensure_future(strategy.close_clients([caller.key], CLOSE_CLIENTS_S))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    def _ensure_ticking(self) -> None:
+        if self._tick is None and not self.closed:
+            loop = asyncio.get_running_loop()
+            self._next_decision = perf_counter() + self.window
+            self._tick = loop.call_later(self.sample_interval, self._on_tick, loop)
+
+    def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._meter.sample()
+        now = perf_counter()
+        if now >= self._next_decision:
+            self._next_decision = now + self.window
+            for caller in list(self._callers.values()):
+                self._decide(caller, now)
+        self._tick = loop.call_later(self.sample_interval, self._on_tick, loop)
+
+    def evidence(self, caller: _Caller, now: float) -> Evidence:
+        """The window's figures of ``caller`` (and its meter readings, which are taken)."""
+        free, watched = self._meter.take(caller.key)
+        stalls = self._occupant.gil_stalls.get(caller.key, 0.0)
+        stall_s, caller.stall_mark = stalls - caller.stall_mark, stalls
+        on_thread = caller.strategy == "thread"
+        return Evidence(
+            strategy=caller.strategy,
+            window_s=now - caller.window_started,
+            calls=caller.calls,
+            wall_s=caller.wall_s,
+            cpu_s=caller.cpu_s,
+            free_s=free if on_thread else None,
+            watched_s=watched if on_thread else None,
+            stall_gil_s=stall_s,
+            pickle_s=caller.pickle_s,
+            pickle_bytes=caller.pickle_bytes,
+        )
+
+    def _decide(self, caller: _Caller, now: float) -> None:
+        if not caller.calls:
+            return  # a call longer than the window: its evidence comes when it ends
+        evidence = self.evidence(caller, now)
+        caller.reset_window(now)
+        choice = choose(evidence)
+        if not choice.decided:
+            return
+        if choice.strategy == caller.strategy:
+            caller.wanted, caller.streak = None, 0
+            if not caller.switches:
+                caller.reason = choice.reason  # a moved caller keeps why it moved
+            if self.mode == "advise" and caller.advised not in (None, caller.strategy):
+                caller.advised = None
+            return
+        caller.streak = caller.streak + 1 if caller.wanted == choice.strategy else 1
+        caller.wanted = choice.strategy
+        if caller.streak < self.confirm or now - caller.since < caller.dwell:
+            return
+        if self.mode == "advise":
+            if caller.advised != choice.strategy:
+                caller.advised = choice.strategy
+                caller.reason = f"advice: {choice.strategy}: {choice.reason}"
+                self._log("strategy_advice", caller, choice, evidence)
+            return
+        self._switch(caller, choice, evidence, now)
+
+    def _switch(self, caller: _Caller, choice: Choice, evidence: Evidence, now: float) -> None:
+        old = caller.strategy
+        came_back = now - caller.left_at.get(choice.strategy, float("-inf")) < 4 * caller.dwell
+        caller.left_at[old] = now
+        caller.strategy, caller.since = choice.strategy, now
+        caller.switches += 1
+        caller.reason, caller.wanted, caller.streak = choice.reason, None, 0
+        if came_back:
+            caller.dwell = max(2 * caller.dwell, self.window)
+        self._log("strategy_switched", caller, choice, evidence, old=old)
+        if not caller.in_flight[old]:
+            self._close_left_behind(caller, old)
+
+    def _log(
+        self,
+        event: str,
+        caller: _Caller,
+        choice: Choice,
+        evidence: Evidence,
+        *,
+        old: str | None = None,
+    ) -> None:
+        figures: dict[str, Any] = {
+            "calls": evidence.calls,
+            "window": round(evidence.window_s, 1),
+            "cpu_share": round(evidence.cpu_share, 3),
+            "gil_stall_s": round(evidence.stall_gil_s, 3),
+        }
+        if evidence.gil_share is not None:
+            figures["gil_share"] = round(evidence.gil_share, 3)
+        log.info(
+            event,
+            worker=caller.key,
+            **{"from": old or evidence.strategy, "to": choice.strategy},
+            reason=choice.reason,
+            evidence=figures,
+            mode=self.mode,
+        )
+
+    @override
+    async def close_clients(self, owners: Collection[str], timeout: float) -> None:
+        await asyncio.gather(
+            *(s.close_clients(owners, timeout) for s in list(self._strategies.values()))
+        )
+
+    @override
+    async def aclose(self, timeout: float) -> None:
+        self.closed = True
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        if self._closers:
+            await asyncio.wait(list(self._closers), timeout=timeout)
+        owned, self._owned = self._owned, []
+        await asyncio.gather(*(s.aclose(timeout) for s in owned))
+
+
+def _name_of(fn: targets.Target) -> str:
+    """A caller's name from its target: ``module.qualname``."""
+    inner = targets.unwrap(fn)
+    module = getattr(inner, "__module__", None) or "?"
+    return f"{module}.{getattr(inner, '__qualname__', type(inner).__qualname__)}"
