@@ -1,0 +1,231 @@
+"""``auto``: the rule (``loopwatch.choice``), the GIL meter, and the strategy in a real loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import structlog
+
+import loopwatch
+from loopwatch.choice import Evidence, choose
+from loopwatch.gilmeter import MEASURING, GilMeter, Measured
+from loopwatch.strategies import AutoStrategy, Call
+from tests import targets
+from tests.waiting import wait_until
+
+
+def on_thread(cpu: float, free: float, *, stall: float = 0.0, pickle: float = 0.0) -> Evidence:
+    """A window of 10 calls of 0.1 s on a thread, with these shares of their wall time."""
+    return Evidence(
+        strategy="thread",
+        window_s=5.0,
+        calls=10,
+        wall_s=1.0,
+        cpu_s=cpu,
+        free_s=free,
+        watched_s=1.0,
+        stall_gil_s=stall,
+        pickle_s=pickle,
+        pickle_bytes=100,
+    )
+
+
+@pytest.mark.parametrize(
+    ("evidence", "fit", "words"),
+    [
+        # Shares as the meter measured them here with four kinds of target at once.
+        (on_thread(cpu=0.0, free=0.0), "thread", "they wait"),
+        (on_thread(cpu=0.43, free=0.06), "process", "held the GIL for 37%"),
+        (on_thread(cpu=0.93, free=0.01), "process", "held the GIL for 92%"),
+        (on_thread(cpu=0.51, free=0.57), "thread", "native code that lets go of it"),
+        # Stalls the watchdog put on it, where the meter saw it hold the GIL...
+        (on_thread(cpu=0.2, free=0.0, stall=0.5), "process", "the loop waited 0.50 s"),
+        # ...and where the meter saw it compute without the GIL: not its stalls.
+        (on_thread(cpu=0.5, free=0.5, stall=0.5), "thread", "lets go of it"),
+        (on_thread(cpu=0.9, free=0.0, pickle=float("inf")), "thread", "cannot be pickled"),
+        (on_thread(cpu=0.9, free=0.0, pickle=0.08), "thread", "pickling a call's arguments"),
+    ],
+)
+def test_the_rule_reads_what_the_calls_did(evidence: Evidence, fit: str, words: str) -> None:
+    choice = choose(evidence)
+    assert (choice.strategy, choice.decided) == (fit, True)
+    assert words in choice.reason
+
+
+def test_the_rule_has_a_band_between_moving_and_moving_back() -> None:
+    """A process worker whose CPU share fell to where a thread worker would not move stays."""
+    between = Evidence("process", window_s=5, calls=10, wall_s=1.0, cpu_s=0.2)
+    assert choose(between).strategy == "process"
+    assert choose(on_thread(cpu=0.2, free=0.0)).strategy == "thread"
+    waiting = Evidence("process", window_s=5, calls=10, wall_s=1.0, cpu_s=0.02)
+    assert choose(waiting).strategy == "thread"
+    assert not choose(Evidence("thread", window_s=5, calls=0, wall_s=0, cpu_s=0)).decided
+
+
+def _spin_in_thread(fn: Callable[[], Any], key: str, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        while not stop.is_set():
+            Measured(fn, key)()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_meter_tells_gil_holders_from_native_code_that_lets_go() -> None:
+    """Pure Python gains no CPU while the meter holds the GIL; hashlib keeps computing."""
+    stop = threading.Event()
+    threads = [
+        _spin_in_thread(lambda: targets.count(200_000), "python", stop),
+        _spin_in_thread(lambda: targets.hash_buffer(8), "hashlib", stop),
+    ]
+    meter = GilMeter()
+    try:
+        for _ in range(100):
+            meter.sample()
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    python_free, python_watched = meter.take("python")
+    hashlib_free, hashlib_watched = meter.take("hashlib")
+    assert python_watched > 0.01
+    assert hashlib_watched > 0.01
+    # Generous bounds: a loaded host slows the hashing thread, never the GIL's rule.
+    assert python_free / python_watched < 0.2
+    assert hashlib_free / hashlib_watched > 0.3
+    assert not MEASURING, "every call took its entry out when it ended"
+
+
+async def _call_until(
+    strategy: AutoStrategy, name: str, fn: Callable[..., Any], done: Callable[[], bool]
+) -> list[str]:
+    """Call ``fn`` through ``strategy`` (2 at a time) until ``done()``; where each call ran."""
+    ran: list[str] = []
+    offload = loopwatch.Offload(strategy, name=name)
+
+    async def slot() -> None:
+        while not done():
+            ran.append(strategy.runs_as(name))
+            await offload(fn)
+
+    await asyncio.wait_for(asyncio.gather(slot(), slot()), timeout=60)
+    return ran
+
+
+async def test_auto_moves_pure_python_to_a_process_and_keeps_hashing_on_threads() -> None:
+    auto = AutoStrategy(window=0.5, confirm=2, min_dwell=0.0)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            await _call_until(
+                auto,
+                "python",
+                targets.count,
+                lambda: auto.runs_as("python") == "process" or time.monotonic() - started > 30,
+            )
+            hashed = time.monotonic()
+            await _call_until(
+                auto, "hashlib", targets.hash_buffer, lambda: time.monotonic() - hashed > 3
+            )
+    finally:
+        await auto.aclose(5.0)
+    assert auto.runs_as("python") == "process"
+    assert auto.runs_as("hashlib") == "thread"
+    [switched] = [e for e in logs if e["event"] == "strategy_switched"]
+    assert (switched["worker"], switched["from"], switched["to"]) == ("python", "thread", "process")
+    assert "held the GIL" in switched["reason"]
+    assert switched["evidence"]["gil_share"] > 0.25
+    decisions = {d["worker"]: d for d in auto.decisions()}
+    assert decisions["python"]["switches"] == 1
+    assert decisions["hashlib"]["switches"] == 0
+    assert "lets go of it" in decisions["hashlib"]["reason"]
+
+
+async def test_advise_logs_the_decision_and_moves_nothing() -> None:
+    auto = AutoStrategy(mode="advise", window=0.5, confirm=2, min_dwell=0.0)
+    advice: list[Any] = []
+    try:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+
+            def advised() -> bool:
+                advice[:] = [e for e in logs if e["event"] == "strategy_advice"]
+                return bool(advice) or time.monotonic() - started > 30
+
+            ran = await _call_until(auto, "python", targets.count, advised)
+            # It goes on: the advice is given once, not every window.
+            more = time.monotonic()
+            ran += await _call_until(
+                auto, "python", targets.count, lambda: time.monotonic() - more > 1.5
+            )
+    finally:
+        await auto.aclose(5.0)
+    assert set(ran) == {"thread"}
+    assert len(advice) == 1
+    assert (advice[0]["from"], advice[0]["to"], advice[0]["mode"]) == (
+        "thread",
+        "process",
+        "advise",
+    )
+    assert not [e for e in logs if e["event"] == "strategy_switched"]
+    [decision] = auto.decisions()
+    assert decision["strategy"] == "thread"
+    assert decision["advice"] == "process"
+
+
+async def test_a_target_a_process_cannot_take_stays_on_threads_and_says_so_once() -> None:
+    auto = AutoStrategy(window=0.5, confirm=1, min_dwell=0.0)
+    lock = threading.Lock()  # unpicklable: the call cannot go to a process
+
+    def spin_holding(held: threading.Lock = lock) -> int:
+        with held:
+            return targets.count(1_000_000)
+
+    try:
+        with structlog.testing.capture_logs() as logs:
+            started = time.monotonic()
+            ran = await _call_until(
+                auto, "locked", spin_holding, lambda: time.monotonic() - started > 2
+            )
+    finally:
+        await auto.aclose(5.0)
+    assert set(ran) == {"thread"}
+    told = [e for e in logs if e["event"] == "strategy_advice"]
+    assert len(told) == 1
+    assert "a process cannot take it" in told[0]["reason"]
+    assert "cannot be pickled" in auto.decisions()[0]["reason"]
+
+
+async def test_a_caller_is_named_by_its_target_without_a_name() -> None:
+    auto = AutoStrategy(window=60)
+    try:
+        assert await auto.call(Call(targets.count, {"n": 10}), 10.0) == 0
+    finally:
+        await auto.aclose(5.0)
+    assert [d["worker"] for d in auto.decisions()] == ["tests.targets.count"]
+
+
+async def test_every_call_runs_once_across_a_move() -> None:
+    """In-flight calls finish where they started; none is lost or run twice."""
+    auto = AutoStrategy(window=0.5, confirm=1, min_dwell=0.0)
+    results: list[int] = []
+    offload = loopwatch.Offload(auto, name="python")
+
+    async def slot(i: int) -> None:
+        for j in range(40):
+            await offload(targets.count, 300_000)
+            results.append(i * 1000 + j)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(slot(i) for i in range(3))), timeout=120)
+        await wait_until(lambda: auto.runs_as("python") == "process", timeout=1)
+    finally:
+        await auto.aclose(5.0)
+    assert sorted(results) == sorted({i * 1000 + j for i in range(3) for j in range(40)})
