@@ -33,6 +33,7 @@ CELL_STRATEGIES = (
     "process",
     "cooperative-slice",
     "cooperative-yield_every",
+    "auto",
 )
 
 
@@ -65,10 +66,34 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads((tmp_path / "bench.json").read_text())
-    assert len(rows) == 6
+    assert len(rows) == 7
     assert all(set(r) >= ROW_KEYS for r in rows)
     assert (tmp_path / "bench.png").stat().st_size > 10_000
-    assert "target: use" in result.stderr
+    # The recommendation is auto's rule on what the "auto" row measured.
+    [auto] = [r for r in rows if r["strategy"] == "auto"]
+    assert auto["fit"] == "process"
+    said = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "target: use process" in said
+    assert "held the GIL" in said
+
+
+def test_bench_and_auto_agree_that_native_code_releasing_the_gil_stays_on_threads(
+    tmp_path: Path,
+) -> None:
+    """hashlib uses the CPU but not the GIL: the bench says thread, as auto does (test_auto)."""
+    result = run_loopwatch(
+        "bench", "--quick", "--seconds", "0.6",
+        "--target", "tests.targets:hash_buffer", "--kwargs", '{"mb": 8}',
+        "--out", str(tmp_path), timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [auto] = [
+        r for r in json.loads((tmp_path / "bench.json").read_text()) if r["strategy"] == "auto"
+    ]
+    assert auto["fit"] == "thread", auto["fit_reason"]
+    said = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "target: use thread" in said
+    assert "lets go of it" in said
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["machine"]["cpus"] >= 1
 

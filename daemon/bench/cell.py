@@ -21,7 +21,7 @@ from loopwatch.daemon.ticker import Ticker
 from loopwatch.daemon.workers import Worker, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
-from loopwatch.strategies import Call
+from loopwatch.strategies import AutoStrategy, Call
 from loopwatch.strategies.set import StrategySet
 from loopwatch.targets import resolve
 from loopwatch.throttle import LogThrottle
@@ -104,6 +104,8 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
     ticking.cancel()
     probe.stop()
     await worker.stop(60.0)
+    # "auto" (advising, never moving) ran it on a thread and measured it: the rule's choice.
+    fit = strategy.fit("bench") if isinstance(strategy, AutoStrategy) else None
     await strategies.aclose(5.0)
     samples = recorder.samples
     kept = samples[:: max(1, len(samples) // MAX_KEPT_SAMPLES)]
@@ -117,6 +119,7 @@ async def measure(spec: CellSpec) -> dict[str, Any]:
         "lag_max": max(samples, default=0.0),
         "tick_drift_max": drift.max,
         "ticks": ticker.ticks,
+        **({"fit": fit.strategy, "fit_reason": fit.reason} if fit is not None else {}),
         "samples": [round(s, 6) for s in kept],
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict
 from statistics import median
@@ -32,6 +33,9 @@ STRATEGIES: list[tuple[str, str, dict[str, Any]]] = [
     ("process", "process", {"process": {"max_workers": 2, "start_method": "forkserver"}}),
     ("cooperative-slice", "cooperative", {"cooperative": {"slice": 0.005}}),
     ("cooperative-yield_every", "cooperative", {"cooperative": {"yield_every": 1000}}),
+    # Runs on a thread, measured as "auto" measures a worker, and never moves: its row
+    # carries the rule's choice (loopwatch.choice), the one the bench recommends.
+    ("auto", "auto", {"auto": {"mode": "advise", "window": 3600.0}}),
 ]
 # Lag p99 a service can live with: above it, timers and other requests visibly suffer.
 ACCEPTABLE_LAG_P99_S = 0.010
@@ -63,7 +67,7 @@ def cells(
                 target=target,
                 kwargs=quick_kwargs if quick else kwargs,
                 seconds=seconds,
-                concurrency=2 if strategy in ("thread", "process") else 1,
+                concurrency=2 if strategy in ("thread", "process", "auto") else 1,
                 variant=json.dumps(executors.get(strategy, {}), sort_keys=True),
                 executors=executors,
                 switch_interval=0.005 if row_name == "thread-switch_5ms" else 0.001,
@@ -92,11 +96,32 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
         row[key] = median(r[key] for r in runs)
     row["runs"] = len(runs)
     row["samples"] = [s for r in runs for s in r["samples"]]
+    fits = Counter(r["fit"] for r in runs if r.get("fit"))
+    if fits:
+        # The choice most runs made, with the reason one of them gave.
+        row["fit"] = fits.most_common(1)[0][0]
+        row["fit_reason"] = next(r["fit_reason"] for r in runs if r.get("fit") == row["fit"])
     return row
 
 
 def recommend(rows: list[dict[str, Any]]) -> tuple[str, str]:
-    """The strategy to use for one workload's rows, and why (the evidence, in numbers)."""
+    """The strategy to use for one workload's rows, and why (the evidence, in numbers).
+
+    The rule ``auto`` follows decides (one model of "which strategy fits"), from what
+    the "auto" row measured; the other rows are there to check it against. Without an
+    "auto" row, the rows alone decide.
+    """
+    fits = [r for r in rows if r.get("fit")]
+    if fits:
+        fitted = fits[0]
+        chosen = next((r for r in rows if r["strategy"] == fitted["fit"]), None)
+        measured = (
+            f" (measured here: lag p99 {_ms(chosen['lag_p99'])}, "
+            f"{chosen['tasks_per_s']:.1f} calls/s)"
+            if chosen is not None
+            else ""
+        )
+        return fitted["fit"], f"{fitted['fit_reason']}{measured}"
     by_name = {r["strategy"]: r for r in rows}
     fine = [r for r in rows if r["lag_p99"] <= ACCEPTABLE_LAG_P99_S and r["strategy"] != "blocking"]
     if not fine:

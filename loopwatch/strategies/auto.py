@@ -193,6 +193,16 @@ class AutoStrategy(Strategy):
             caller.wall_s += wall_s
         return result
 
+    def fit(self, caller: str) -> Choice | None:
+        """The rule's choice for ``caller`` on the evidence since its last decision, if any.
+
+        What ``loopwatch bench`` reports: the same rule on the same kind of evidence.
+        """
+        found = self._callers.get(caller)
+        if found is None or not found.calls:
+            return None
+        return choose(self.evidence(found, perf_counter()))
+
     def _new_caller(self, key: str, call: Call) -> _Caller:
         now = perf_counter()
         caller = self._callers[key] = _Caller(key, since=now, dwell=self.min_dwell)
