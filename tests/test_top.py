@@ -95,3 +95,33 @@ def test_an_endpoint_without_stalls_says_where_the_culprits_are() -> None:
     console.print(view.render())
     assert "see the `stall` lines of its log" in console.export_text()
     assert "no stall yet" not in console.export_text()
+
+
+def test_an_auto_worker_shows_where_it_runs_now_and_why() -> None:
+    """Its rates come from the strategy that runs it; the auto table gives the last reason."""
+    from prometheus_client import Counter, Info
+    from rich.console import Console
+
+    registry = CollectorRegistry()
+    Histogram(LAG, "lag", registry=registry).observe(0.001)
+    Info("loopwatch_worker", "w", ["worker"], registry=registry).labels("billing-sync").info(
+        {"strategy": "auto", "target": "m:f"}
+    )
+    tasks = Counter(
+        "loopwatch_tasks", "t", ["worker", "strategy", "outcome"], registry=registry
+    ).labels("billing-sync", "process", "ok")
+    reason = "calls held the GIL for 64% of their wall time (88% of their CPU time)"
+    decision = {"billing-sync": {"worker": "billing-sync", "strategy": "process", "switches": 1,
+                                 "reason": reason + " \x1b]0;pwned\x07"}}  # fmt: skip
+    view = View("http://x/metrics")
+    view.add(Scrape(1.0, parse_samples(generate_latest(registry).decode()), [], decision))
+    tasks.inc(30)
+    view.add(Scrape(2.0, parse_samples(generate_latest(registry).decode()), [], decision))
+    console = Console(width=80, record=True)
+    console.print(view.render())
+    text = console.export_text()
+    assert "auto: process" in text
+    assert "30.0" in text  # calls/s of the strategy running it, not of "auto"
+    assert "billing-sync" in text
+    assert "64% of their wall" in " ".join(text.split())
+    assert "\x1b" not in text
