@@ -345,7 +345,7 @@ def _workers(prev: Scrape, cur: Scrape) -> Table:
     # A name is never cut (you look for it, you grep for it): the other columns give way.
     table.add_column("worker", min_width=max([6, *map(len, names)]), no_wrap=True)
     moved = [f"auto: {clean(d.get('strategy'))}" for d in cur.decisions.values()]
-    table.add_column("strategy", min_width=max([8, *map(len, labels)]), overflow="fold")
+    table.add_column("strategy", min_width=max([8, *map(len, moved)]), overflow="fold")
     for column in ("calls/s", "active", "errors", "timeouts", "p99 call", "p99 wait"):
         table.add_column(column, justify="right", no_wrap=True)
     for labels, _ in sorted(cur.series("loopwatch_worker_info"), key=lambda s: s[0]["worker"]):
