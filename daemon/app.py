@@ -52,6 +52,8 @@ def build_app(
         resolution=cfg.probe.resolution,
         stall_threshold=cfg.probe.stall_threshold,
         dump_after=cfg.probe.dump_after,
+        # A service must not go dark when native code holds the GIL on its loop.
+        dump_reader=True,
     )
     failure_log = LogThrottle(_log_task_failed, FAILURE_LOG_WINDOW_S)
     return App(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import math
 import os
@@ -168,6 +169,9 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     # count and no alert or panel uses them.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     sys.setswitchinterval(cfg.daemon.switch_interval)
+    # systemd's watchdog kills a stuck service with SIGABRT: every thread's stack reaches
+    # the journal first, written from C (it works while native code holds the GIL).
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     _raise_fd_limit()
     log = structlog.get_logger("loopwatch")
     app = build_app(cfg, config_path=path, environ=os.environ)

@@ -85,6 +85,7 @@ def _version() -> str:
 __all__ = [
     "STRATEGIES",
     "STRATEGY_NAMES",
+    "AutoStrategy",
     "BlockingStrategy",
     "Call",
     "CallTimeoutError",

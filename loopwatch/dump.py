@@ -2,7 +2,8 @@
 
 faulthandler's timer thread is a C thread: it dumps even while native code holds the
 GIL and no Python thread (the watchdog included) can run. The dump goes to a pipe the
-watchdog reads once it runs again. faulthandler has one such timer per process: a
+watchdog reads once it runs again, through a dump reader process when asked (which logs
+it at once: ``loopwatch.dumpreader``). faulthandler has one such timer per process: a
 program that uses ``dump_traceback_later`` itself should set ``dump_after = 0``.
 """
 
@@ -11,31 +12,70 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import fcntl
+import json
 import math
 import os
 import re
+import subprocess
+import sys
 from time import perf_counter
+
+from loopwatch import frames
 
 # Re-arming costs ~56 us: once a second is enough, the deadline moves by at most that
 # (by half of dump_after when that is shorter).
 REARM_EVERY_S = 1.0
+# How long a closing dump waits for its reader to end.
+READER_EXIT_S = 1.0
 _HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 
 
 class NativeDump:
-    """Arms faulthandler to dump after ``after_s`` without a re-arm, and reads dumps back."""
+    """Arms faulthandler to dump after ``after_s`` without a re-arm, and reads dumps back.
 
-    def __init__(self, after_s: float) -> None:
+    With ``reader_for`` (the loop thread's ident), a dump reader process
+    (``loopwatch.dumpreader``) sits on the pipe: it logs a ``stall`` line from the dump
+    at once, while no Python thread here can run, and passes the dump on to us.
+    """
+
+    def __init__(
+        self, after_s: float, reader_for: int | None = None, native_id: int | None = None
+    ) -> None:
         self.after_s = after_s
         self.rearm_s = min(REARM_EVERY_S, after_s / 2)
         self._read_fd, self._write_fd = os.pipe()
+        self.reader: subprocess.Popen[bytes] | None = None
+        if reader_for is not None:
+            self.reader = self._start_reader(reader_for, native_id)
         for fd in (self._read_fd, self._write_fd):
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             # Never block: not the C writer on a full pipe, not the watchdog reading.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._armed_at = -math.inf
         self._buffer = b""
+
+    def _start_reader(
+        self, loop_thread: int, native_id: int | None
+    ) -> subprocess.Popen[bytes] | None:
+        """Start the reader: the dump pipe is its stdin, its stdout a pipe to us."""
+        to_reader, from_dump = self._read_fd, self._write_fd
+        from_reader, to_us = os.pipe()
+        deadline = self.after_s + self.rearm_s
+        try:
+            reader = subprocess.Popen(
+                [sys.executable, "-m", "loopwatch.dumpreader", str(loop_thread),
+                 f"{deadline:g}", json.dumps(frames.declared()), str(native_id or 0)],
+                stdin=to_reader, stdout=to_us, close_fds=True,
+            )  # fmt: skip
+        except OSError:
+            os.close(from_reader)
+            os.close(to_us)
+            return None  # no reader: the watchdog still reads the dump when it runs again
+        os.close(to_reader)
+        os.close(to_us)
+        self._read_fd, self._write_fd = from_reader, from_dump
+        return reader
 
     def keep_armed(self) -> None:
         """Push the dump's deadline forward (at most once a second: it is not free)."""
@@ -69,11 +109,17 @@ class NativeDump:
         return text
 
     def close(self) -> None:
-        """Cancel the dump and close the pipe."""
+        """Cancel the dump, close the pipes; the reader sees its stdin close and ends."""
         faulthandler.cancel_dump_traceback_later()
-        for fd in (self._read_fd, self._write_fd):
+        for fd in (self._write_fd, self._read_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if self.reader is not None:
+            try:
+                self.reader.wait(READER_EXIT_S)
+            except subprocess.TimeoutExpired:
+                self.reader.kill()
+                self.reader.wait()
 
 
 def stack_in_dump(dump: str, thread_id: int) -> list[str]:

@@ -50,6 +50,11 @@ def user_code(*paths: str | Path) -> None:
     _declared = tuple(sorted(found))
 
 
+def declared() -> tuple[str, ...]:
+    """The paths ``user_code`` declared (for a helper process that must judge the same)."""
+    return _declared
+
+
 def is_user_file(filename: str) -> bool:
     """False for the standard library, site-packages and loopwatch, unless declared."""
     if _declared and filename.startswith(_declared):

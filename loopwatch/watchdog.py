@@ -66,8 +66,11 @@ class StallWatchdog:
         emit: Emit | None = None,
         on_stall: OnStall | None = None,
         keep_thread: bool = False,
+        dump_reader: bool = False,
     ) -> None:
         self._probe = probe
+        # A process that reads the native dump from outside while no thread here runs.
+        self._dump_reader = dump_reader
         # Watching many short-lived loops one after another (a test suite): ``stop`` parks
         # the thread, and keeps the dump armed, for the next ``start``; ``close`` ends it.
         self._keep_thread = keep_thread
@@ -104,7 +107,11 @@ class StallWatchdog:
         if self._dump_after_s > 0 and self._dump is None:
             # A pipe per start: stop closes it, and a watcher may be started again (an
             # ASGI app's lifespan, run once per test client). A kept thread keeps it.
-            self._dump = NativeDump(self._dump_after_s)
+            self._dump = NativeDump(
+                self._dump_after_s,
+                reader_for=self._loop_ident if self._dump_reader else None,
+                native_id=self._loop_native_id,
+            )
             self._dump.keep_armed()  # now: the first call may hold the GIL before we run
         self._metrics.event_loop_stall.set_function(self.current_stall_s)
         if self._thread is not None and self._thread.is_alive():

@@ -76,6 +76,7 @@ class Watcher:
         on_stall: Callable[[StallEvent], None] | None = None,
         log_stalls: bool = True,
         keep_thread: bool = False,
+        dump_reader: bool = False,
     ) -> None:
         check_settings(resolution, stall_threshold, dump_after)
         self._on_stall = on_stall
@@ -92,6 +93,7 @@ class Watcher:
             on_stall=self._deliver,
             emit=None if log_stalls else _silent,
             keep_thread=keep_thread,
+            dump_reader=dump_reader,
         )
         self._busy: BusyCollector | None = None
 

@@ -6,6 +6,7 @@ the project root on ``PYTHONPATH``), in pool children too.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import signal
@@ -230,11 +231,6 @@ def use_client(client: object) -> None:
     assert client is not None
 
 
-def hold_gil(n: int = 10_000_000) -> int:
-    """One C call that holds the GIL throughout (``sum`` over a range: no bytecode runs)."""
-    return sum(range(n))
-
-
 _BUFFERS: dict[int, bytes] = {}
 
 
@@ -266,3 +262,9 @@ def phases(since: float, io_for: float, period: float = 0.0, seconds: float = 0.
         return "io"
     count(int(seconds * 20_000_000))
     return "cpu"
+
+
+def hold_gil_for(seconds: float = 4.0) -> float:
+    """One C call that keeps the GIL for ``seconds`` (libc's usleep through a PyDLL)."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+    return seconds

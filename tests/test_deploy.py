@@ -125,3 +125,13 @@ def test_dashboard_lists_services_that_embed_the_library() -> None:
     for variable in board["templating"]["list"][1:]:
         [series] = re.findall(r"label_values\((\w+)", variable["query"])
         assert re.search(rf"^{series}[{{ ]", exported, re.MULTILINE), variable["query"]
+
+
+def test_the_units_watchdog_leaves_time_for_the_native_dump() -> None:
+    """systemd must not kill a stuck service before its stall line from the dump is out."""
+    from loopwatch.daemon.config import ProbeConfig
+
+    [watchdog] = re.findall(r"^WatchdogSec=(\d+)$", UNIT.read_text(), re.MULTILINE)
+    dump_after = ProbeConfig().dump_after
+    reader_delay = dump_after / 2 + 1.0  # the re-arm period and the reader's own second
+    assert dump_after + reader_delay < int(watchdog)

@@ -22,7 +22,7 @@ LAG = "loopwatch_event_loop_lag_seconds"
 FOUR: dict[str, tuple[str, dict[str, object], str]] = {
     "io": ("tests.targets:block", {"seconds": 0.05}, "thread"),
     "python": ("tests.targets:count", {"n": 2_000_000}, "process"),
-    "holds_gil": ("tests.targets:hold_gil", {"n": 5_000_000}, "process"),
+    "holds_gil": ("tests.targets:native_sum", {"n": 5_000_000}, "process"),
     "hashing": ("tests.targets:hash_buffer", {"mb": 24}, "thread"),
 }
 MEASURE_S = 20.0

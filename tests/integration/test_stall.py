@@ -8,10 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
+from pathlib import Path
 
 import pytest
 
+from tests.daemon_process import children_of
 from tests.helpers import StartDaemon, WriteConfig, worker_toml
+from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
 
@@ -296,3 +300,67 @@ def test_a_loop_the_os_does_not_run_is_starved(
         hog.wait()
     assert stall["run_queue_wait"] >= 0.5 * stall["duration"], stall
     assert daemon.stop() == 0
+
+
+HELD_BY_NATIVE_CODE = """
+[probe]
+dump_after = 1.0
+[[workers]]
+name = "stuck"
+target = "tests.targets:hold_gil_for"
+kwargs = {{ seconds = {seconds} }}
+strategy = "blocking"
+interval = 60.0
+"""
+
+
+def _dump_readers(pid: int) -> list[int]:
+    return [
+        child
+        for child in children_of(pid)
+        if b"loopwatch.dumpreader" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def test_a_loop_held_by_native_code_is_seen_from_outside_while_it_is_stuck(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """No Python thread of the daemon runs for 4 s: the dump reader's line comes meanwhile."""
+    daemon = start_daemon(write_config(HELD_BY_NATIVE_CODE.format(seconds=4.0)))
+    daemon.wait_ready()
+    seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=15)
+    assert seen["ongoing"]
+    assert seen["culprit"].endswith(" hold_gil_for"), seen
+    assert "tests/targets.py:" in seen["culprit"]
+    final = daemon.wait_event("stall", lambda e: not e["ongoing"], timeout=15)
+    assert daemon.events.index(seen) < daemon.events.index(final)
+    # Logged while stuck: well before the call returned and the watchdog ran again.
+    gap = datetime.fromisoformat(final["timestamp"]) - datetime.fromisoformat(seen["timestamp"])
+    assert gap.total_seconds() >= 1.5
+    assert 3.6 <= final["duration"] <= 4.4, final
+    assert culprit_function(final) == "hold_gil_for"
+    assert daemon.stop() == 0
+
+
+def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill_it(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """SIGTERM's handler cannot run; systemd's watchdog signal (SIGABRT) leaves the stacks."""
+    # A C call that computes, and that no signal interrupts (usleep would return on one).
+    forever = HELD_BY_NATIVE_CODE.replace("hold_gil_for", "native_sum").replace("seconds", "n")
+    daemon = start_daemon(write_config(forever.format(n=10**13)))
+    daemon.wait_ready()
+    seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=15)
+    assert seen["culprit"].endswith(" native_sum"), seen
+    assert seen["cause"] == "cpu"
+    readers = _dump_readers(daemon.pid)
+    assert len(readers) == 1
+    daemon.signal(signal.SIGTERM)
+    with pytest.raises(AssertionError):
+        poll(lambda: daemon.proc.poll() is not None, timeout=2.0, what="an exit on SIGTERM")
+    daemon.signal(signal.SIGABRT)  # WatchdogSignal; TimeoutStopSec's SIGKILL works the same
+    assert daemon.wait_exit(timeout=10) == -signal.SIGABRT
+    output = "\n".join(daemon.raw)
+    assert "Fatal Python error: Aborted" in output
+    assert "in native_sum" in output  # the last stacks, written from C, reach the journal
+    poll(lambda: not Path(f"/proc/{readers[0]}").exists(), timeout=5, what="the reader gone")

@@ -1,0 +1,146 @@
+"""The dump reader: a small process that reads faulthandler's dumps while the watched one cannot.
+
+When native code holds the GIL, no Python thread of the process runs, the watchdog's
+included: faulthandler's C thread still writes every thread's stack to its pipe, but
+nothing inside the process reads it until the GIL comes back, which may be never. This
+process reads it from outside, at once, and writes a ``stall`` line (``ongoing``,
+``source: "dump"``) to the log stream it shares with the watched process, naming the
+user's line of the thread that held the GIL. Measured: the line is out ~0.1 s after
+faulthandler's deadline, with the watched process stuck in one C call for good.
+
+It forwards every byte to its stdout, a pipe the watchdog reads when it runs again, so
+the watchdog's own final ``stall`` line still has the dump. It ends when its stdin
+closes: when the watcher closes the dump, or the watched process dies (even by SIGKILL).
+An idle reader sleeps in ``select``: no CPU, ~10 MB of memory.
+
+Usage (by ``loopwatch.dump.NativeDump``):
+``python -m loopwatch.dumpreader LOOP_THREAD_ID DEADLINE_S USER_PATHS_JSON LOOP_NATIVE_ID``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import select
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from loopwatch import frames
+from loopwatch.dump import stack_in_dump
+
+# A dump is whole once its writer has been quiet this long.
+QUIET_S = 0.05
+# How long the reader watches the loop thread's CPU clock, and the share that is "busy".
+BUSY_LOOK_S = 0.1
+BUSY_SHARE = 0.5
+_CURRENT = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
+_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
+
+
+def loop_cpu_s(pid: int, native_id: int) -> float | None:
+    """CPU seconds the watched process's loop thread has used (``schedstat``)."""
+    try:
+        with open(f"/proc/{pid}/task/{native_id}/schedstat", "rb") as f:  # noqa: PTH123
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stall_line(
+    dump: str, loop_thread: int, deadline_s: float, loop_busy: bool | None = None
+) -> dict[str, Any]:
+    """The ``stall`` line of one dump: who held the GIL, and the user's line it ran.
+
+    ``loop_busy``: whether the loop thread used the CPU just now (None: unknown).
+    """
+    current = _CURRENT.search(dump)
+    holder = int(current.group(1), 16) if current else None
+    if holder is None:
+        # faulthandler's timer names no current thread: the loop's own stack is what is
+        # stuck; its CPU clock tells a call computing (cpu) from one waiting (wait).
+        stack = stack_in_dump(dump, loop_thread)
+        cause = "unknown" if loop_busy is None else "cpu" if loop_busy else "wait"
+    elif holder == loop_thread:
+        # The loop thread itself is in a call that keeps the GIL: its own code ran.
+        cause, stack = "cpu", stack_in_dump(dump, holder)
+    else:
+        cause, stack = "gil", stack_in_dump(dump, holder)
+    threads = len(_THREAD.findall(dump))
+    return {
+        "event": "stall",
+        "ongoing": True,
+        "source": "dump",
+        "duration": deadline_s,
+        "cause": cause,
+        "culprit": frames.culprit_of(stack) if stack else "unknown",
+        "holder": f"0x{holder:x}" if holder is not None else None,
+        "threads": threads,
+        "stack": stack,
+        "note": (
+            f"no Python thread ran for over {deadline_s:g} s: the stacks were dumped from C "
+            "and read from outside the process"
+        ),
+        "level": "warning",
+        "logger": "loopwatch",
+        "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def relay(source: int, forward: int, report: Any) -> None:
+    """Copy ``source`` to ``forward`` until EOF; hand each whole dump to ``report``."""
+    os.set_blocking(forward, False)
+    pending = b""
+    while True:
+        ready, _, _ = select.select([source], [], [], QUIET_S if pending else None)
+        if not ready:
+            report(pending.decode(errors="replace"))
+            pending = b""
+            continue
+        chunk = os.read(source, 65536)
+        if not chunk:
+            if pending:
+                report(pending.decode(errors="replace"))
+            return
+        # The watchdog reads it when it runs again; if it never does, the pipe fills
+        # and the rest is dropped rather than block this reader.
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(forward, chunk)
+        pending += chunk
+
+
+def main() -> None:
+    """Read dumps on stdin until it closes; log each as a ``stall`` line on stderr."""
+    # Ctrl-C reaches the whole process group: the reader ends with its stdin, not before.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop_thread, deadline_s = int(sys.argv[1]), float(sys.argv[2])
+    paths = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
+    loop_native = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "0" else None
+    watched = os.getppid()
+    if paths:
+        frames.user_code(*paths)
+
+    def report(dump: str) -> None:
+        if not _THREAD.search(dump):
+            return
+        busy = None
+        if loop_native is not None:
+            before = loop_cpu_s(watched, loop_native)
+            time.sleep(BUSY_LOOK_S)
+            after = loop_cpu_s(watched, loop_native)
+            if before is not None and after is not None:
+                busy = after - before >= BUSY_SHARE * BUSY_LOOK_S
+        line = json.dumps(stall_line(dump, loop_thread, deadline_s, busy))
+        with contextlib.suppress(OSError):
+            os.write(2, (line + "\n").encode())
+
+    with contextlib.suppress(KeyboardInterrupt):
+        relay(0, 1, report)
+
+
+if __name__ == "__main__":
+    main()
