@@ -306,7 +306,7 @@ class StallWatchdog:
             # The watchdog was blind (native code held the GIL): faulthandler was not.
             stack = stack_in_dump(stall.dump, self._loop_ident) or stack
         task, request = self._task_and_request()
-        culprit = frames.culprit_of(stack) if stack else "unknown (the GIL was held)"
+        culprit = frames.culprit_of(stack) if stack else unseen_culprit(verdict.cause, late=late)
         worker = self._occupant.worker if sample_loop else None
         if worker is None or not frames.is_user_line(culprit):
             # Blind, or the loop moved on: the blocking call that overlapped this interval.
@@ -396,6 +396,19 @@ class StallWatchdog:
             on_stall(event)
         except Exception as exc:  # the receiver's bug must not stop the watching
             log.warning("stall_receiver_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def unseen_culprit(cause: str, *, late: bool) -> str:
+    """The culprit of an interval whose stack nobody could take, in agreement with its cause.
+
+    Only a late watchdog knows that some thread held the GIL; a ``starved`` loop waited
+    for a CPU (the demo's ``cause=starved culprit='unknown (the GIL was held)'`` said both).
+    """
+    if cause == "starved":
+        return "unknown (the loop thread waited for a CPU)"
+    if cause in ("gil", "unknown") and late:
+        return "unknown (the GIL was held)"
+    return "unknown"
 
 
 def _summary(fields: dict[str, Any]) -> dict[str, Any]:

@@ -52,8 +52,10 @@ def _say_utilization_unavailable(loop: asyncio.AbstractEventLoop) -> None:
         log.info(
             "loop_utilization_unavailable",
             loop=kind,
-            reason="only a loop made by loopwatch.new_event_loop() can be measured "
-            "(uvloop has no hook for it); loopwatch_event_loop_busy_seconds_total is left out",
+            reason=f"{kind} was not made by loopwatch.new_event_loop(), whose selector is "
+            "timed; loopwatch_event_loop_busy_seconds_total is left out",
+            fix="run on loopwatch.new_event_loop() (uvicorn: --loop loopwatch:new_event_loop; "
+            "uvloop has no hook for it)",
         )
 
 

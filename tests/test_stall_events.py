@@ -80,3 +80,18 @@ def test_every_public_name_resolves() -> None:
     for name in loopwatch.__all__:
         assert getattr(loopwatch, name) is not None, name
     assert loopwatch.__version__
+
+
+async def test_utilization_unavailable_names_the_loop_and_does_not_blame_uvloop() -> None:
+    """On plain asyncio (not loopwatch.new_event_loop()) the message names that loop."""
+    from loopwatch import watcher as watcher_module
+
+    watcher_module._said.clear()
+    with structlog.testing.capture_logs() as logs:
+        async with loopwatch.watch(CollectorRegistry()):
+            pass
+    [said] = [e for e in logs if e["event"] == "loop_utilization_unavailable"]
+    assert "asyncio" in said["reason"]
+    assert said["reason"].startswith(said["loop"])
+    assert "uvloop" not in said["reason"]
+    assert "--loop loopwatch:new_event_loop" in said["fix"]

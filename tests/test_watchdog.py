@@ -325,3 +325,15 @@ def test_a_wait_for_a_cpu_accounted_late_turns_unknown_stretches_starved() -> No
     assert event.cause == "starved"
     assert [c.cause for c in event.culprits] == ["starved"]
     assert event.culprits[0].seconds == pytest.approx(0.9486, abs=1e-3)
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_an_unseen_culprit_never_contradicts_its_cause(late: bool) -> None:
+    """The demo logged cause=starved with "the GIL was held": now starved names the CPU wait."""
+    from loopwatch.watchdog import unseen_culprit
+
+    assert "GIL" not in unseen_culprit("starved", late=late)
+    assert "CPU" in unseen_culprit("starved", late=late)
+    assert "GIL" not in unseen_culprit("wait", late=late)
+    assert "GIL" not in unseen_culprit("cpu", late=late)
+    assert ("GIL" in unseen_culprit("gil", late=late)) is late
