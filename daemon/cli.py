@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import io
 import logging
 import math
 import os
@@ -171,7 +172,10 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     sys.setswitchinterval(cfg.daemon.switch_interval)
     # systemd's watchdog kills a stuck service with SIGABRT: every thread's stack reaches
     # the journal first, written from C (it works while native code holds the GIL).
-    faulthandler.enable(file=sys.stderr, all_threads=True)
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)  # stderr replaced
     _raise_fd_limit()
     log = structlog.get_logger("loopwatch")
     app = build_app(cfg, config_path=path, environ=os.environ)

@@ -3,7 +3,8 @@
 The rule reads what a target's calls did, not what kind of code it is. Three figures
 decide, measured per call or while calls run (``loopwatch.gilmeter``):
 
-* **GIL share of wall time**: how much of its calls' time the target held the GIL. A
+* **GIL share of wall time**: how much of its calls' time the target held the GIL (its
+  CPU share, times the share of its work the GIL meter saw waiting for the GIL). A
   thread holding it keeps the loop from running (pure-Python CPU work, or a C call
   such as a large ``json.loads`` that never lets go). That belongs in a process.
 * **CPU share of wall time**: a call that mostly waits (sockets, files, a database)
@@ -28,7 +29,7 @@ Fit = Literal["thread", "process"]
 
 # Thread -> process: the calls held the GIL for at least this share of their wall time
 # (a thread pool worker competing with the loop for it)...
-MOVE_GIL_SHARE = 0.25
+MOVE_GIL_SHARE = 0.15
 # ... and at least this share of the CPU they used (native code that releases the GIL,
 # such as hashlib, uses the CPU without holding it).
 MOVE_GIL_OF_CPU = 0.5
@@ -46,9 +47,9 @@ MAX_PICKLE_SHARE = 0.5
 class Evidence:
     """What one target's calls did over a window, on the strategy that ran them.
 
-    ``free_s`` and ``watched_s`` come from the GIL meter, on a thread only (None in a
-    process, whose GIL is its own): CPU seconds the calls' threads gained while the
-    meter held the GIL, over the seconds it held it per thread.
+    ``free_samples`` and ``gil_samples`` come from the GIL meter, on a thread only (None
+    in a process, whose GIL is its own): how often the calls' threads were seen running
+    without the GIL, and waiting for it, while the meter held it.
     ``stall_gil_s`` is what the watchdog charged to the target with cause ``gil``.
     """
 
@@ -57,8 +58,8 @@ class Evidence:
     calls: int
     wall_s: float
     cpu_s: float
-    free_s: float | None = None
-    watched_s: float | None = None
+    free_samples: int | None = None
+    gil_samples: int | None = None
     stall_gil_s: float = 0.0
     pickle_s: float | None = None  # per call; None until measured, inf when it cannot
     pickle_bytes: int | None = None
@@ -69,25 +70,18 @@ class Evidence:
         return min(1.0, self.cpu_s / self.wall_s) if self.wall_s > 0 else 0.0
 
     @property
-    def free_share(self) -> float | None:
-        """CPU seconds per wall second the calls ran without the GIL (None unmeasured)."""
-        if self.free_s is None or not self.watched_s:
+    def gil_of_cpu(self) -> float | None:
+        """The share of the calls' work that needs the GIL (None unmeasured)."""
+        if self.free_samples is None or self.gil_samples is None:
             return None
-        return min(1.0, self.free_s / self.watched_s)
+        seen = self.free_samples + self.gil_samples
+        return self.gil_samples / seen if seen else 0.0
 
     @property
     def gil_share(self) -> float | None:
         """Seconds the calls held the GIL per wall second of the calls (None unmeasured)."""
-        free = self.free_share
-        return None if free is None else max(0.0, self.cpu_share - free)
-
-    @property
-    def gil_of_cpu(self) -> float | None:
-        """The share of the calls' CPU time spent holding the GIL."""
-        held, cpu = self.gil_share, self.cpu_share
-        if held is None:
-            return None
-        return held / cpu if cpu > 0 else 0.0
+        of_cpu = self.gil_of_cpu
+        return None if of_cpu is None else self.cpu_share * of_cpu
 
 
 @dataclass(frozen=True)

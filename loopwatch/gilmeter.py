@@ -1,28 +1,29 @@
-"""GilMeter: how much of a call's CPU time it spends without the GIL, measured from the loop.
+"""GilMeter: whether a call's thread needs the GIL to compute, seen from the loop.
 
-The meter holds the GIL for a moment (``HOLD_S``) without using a CPU (libc's
-``usleep``, called so that it keeps the GIL) and reads the CPU clock of every thread
-that runs a measured call before and after. A thread that gained CPU time during
-the hold ran without the GIL: native code that let go of it (hashlib, zlib, numpy).
-A thread that runs Python code, or a C call that keeps the GIL (a large
-``json.loads``), gains nothing: it waits for the GIL. Over many samples the gain per
-second held is the rate at which a target computes *without* the GIL; its CPU time
-per wall second minus that rate is the share of its time it holds the GIL, the time
-the loop may have to wait for it.
+The meter holds the GIL for a moment (``HOLD_S``, libc's ``usleep`` called so that it
+keeps the GIL, using no CPU) and then looks at every thread that runs a measured call,
+through reads that keep the GIL too. While it holds the GIL, a thread that runs Python
+code, or a C call that keeps the GIL (a big ``json.loads``), cannot run: it sleeps on
+the GIL's futex. A thread in native code that let go of the GIL (hashlib, zlib, numpy)
+runs, or waits for a CPU: state R. A thread waiting on I/O sleeps elsewhere (its
+``wchan`` is not the futex). Over many samples, the share of a call's busy samples
+spent on the futex is the share of its work that needs the GIL.
 
-Measured here (2 cores, 4 target kinds on threads at once): pure Python 0.43 CPU
-share, 0.06 without the GIL; hashlib over 24 MB 0.51 and 0.57; ``sum(range(n))``
-0.93 and 0.01. A busy-wait hold instead of a sleep takes a core from the threads it
-watches and reads half the hashlib threads as holding the GIL; reading ``/proc`` state
-from Python lets go of the GIL during the read and sees GIL waiters running.
+Measured here (2 cores), share of samples in R: pure Python 0.00-0.12, hashlib over
+8 MB 0.57-0.98, alone, together, and beside two CPU hogs. The CPU a thread gained
+during the hold, tried first, fails beside CPU hogs: a GIL-free thread that waits for a
+core gains nothing and reads as holding the GIL (hashlib read 76% GIL-bound). Reading
+states through Python's own file I/O lets go of the GIL during the read: GIL waiters
+took it and were seen running.
 
-Cost: ``HOLD_S`` of the loop's time per sample (0.3 ms every 50 ms: 0.6%), and a clock
-read per measured thread (~1 us), only while measured calls run.
+Cost: ``HOLD_S`` of the loop's time per sample (0.3 ms every 50 ms: 0.6%), and two
+``/proc`` reads per measured thread (~4 us each), only while measured calls run.
 """
 
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 import time
 from collections import defaultdict
@@ -31,13 +32,17 @@ from time import perf_counter
 from typing import Any
 
 from loopwatch import targets
-from loopwatch.causes import thread_cpu_s
 
 # How long each sample holds the GIL.
 HOLD_S = 0.0003
 # libc through a PyDLL: its calls keep the GIL (a CDLL's let go of it).
 _LIBC = ctypes.PyDLL(None)
 _LIBC.usleep.argtypes = (ctypes.c_uint,)
+_LIBC.open.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_LIBC.open.restype = ctypes.c_int
+_LIBC.pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long)
+_LIBC.pread.restype = ctypes.c_ssize_t
+_LIBC.close.argtypes = (ctypes.c_int,)
 
 # Native thread id -> the call it runs now and is measured (each pool thread writes its
 # own entry; the loop thread reads them all: single dict operations, atomic under the GIL).
@@ -88,35 +93,79 @@ class Measured:
         self.__wrapped__, self.key = state
 
 
+class _ThreadFiles:
+    """A thread's ``stat`` and ``wchan`` files, kept open and read in place, GIL held."""
+
+    def __init__(self, native_id: int) -> None:
+        base = f"/proc/self/task/{native_id}/"
+        self.fds = [_LIBC.open((base + name).encode(), os.O_RDONLY) for name in ("stat", "wchan")]
+
+    def read(self, which: int, buffer: ctypes.Array[ctypes.c_char]) -> bytes:
+        fd = self.fds[which]
+        if fd < 0:
+            return b""
+        n = _LIBC.pread(fd, buffer, len(buffer), 0)
+        return buffer.raw[:n] if n > 0 else b""
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                _LIBC.close(fd)
+
+
 class GilMeter:
-    """Adds up, per key, the CPU seconds measured threads gained while the meter held the GIL.
+    """Counts, per key, the samples in which measured threads ran without the GIL or waited for it.
 
     ``sample()`` is called on the loop thread, periodically; ``take(key)`` returns and
-    resets a key's figures.
+    resets a key's counts.
     """
 
     def __init__(self, hold_s: float = HOLD_S) -> None:
         self.hold_s = hold_s
-        self._free: defaultdict[str, float] = defaultdict(float)
-        self._exposure: defaultdict[str, float] = defaultdict(float)
+        self._free: defaultdict[str, int] = defaultdict(int)
+        self._gil: defaultdict[str, int] = defaultdict(int)
+        self._files: dict[int, _ThreadFiles] = {}
+        self._buffer = ctypes.create_string_buffer(1024)
         self.samples = 0
 
     def sample(self) -> None:
-        """Hold the GIL for ``hold_s`` and see which measured threads ran meanwhile."""
-        running = [(r, thread_cpu_s(r.ident)) for r in list(MEASURING.values())]
+        """Hold the GIL for ``hold_s``, then see where each measured thread is."""
+        running = list(MEASURING.items())
         if not running:
             return
         self.samples += 1
-        started = perf_counter()
         _LIBC.usleep(int(self.hold_s * 1e6))
-        held = perf_counter() - started
-        for call, before in running:
-            after = thread_cpu_s(call.ident)
-            if before is None or after is None:
-                continue
-            self._free[call.key] += max(0.0, after - before)
-            self._exposure[call.key] += held
+        for native, call in running:
+            state = self._state(native)
+            if state == "free":
+                self._free[call.key] += 1
+            elif state == "gil":
+                self._gil[call.key] += 1
+        for native in [n for n in self._files if n not in MEASURING]:
+            self._files.pop(native).close()
 
-    def take(self, key: str) -> tuple[float, float]:
-        """(CPU seconds gained without the GIL, seconds watched) of ``key`` since the last take."""
-        return self._free.pop(key, 0.0), self._exposure.pop(key, 0.0)
+    def _state(self, native: int) -> str | None:
+        """Where the thread is: "free" (R: running or runnable), "gil" (futex), None (I/O)."""
+        files = self._files.get(native)
+        if files is None:
+            files = self._files[native] = _ThreadFiles(native)
+        stat = files.read(0, self._buffer)
+        end = stat.rfind(b")")
+        if end < 0:
+            return None
+        letter = stat[end + 2 : end + 3]
+        if letter == b"R":
+            return "free"
+        wchan = files.read(1, self._buffer)
+        # No wchan to read (a kernel that hides it): a sleeping computing thread is on the GIL.
+        return "gil" if not wchan or wchan == b"0" or b"futex" in wchan else None
+
+    def take(self, key: str) -> tuple[int, int]:
+        """(samples without the GIL, samples waiting for it) of ``key`` since the last take."""
+        return self._free.pop(key, 0), self._gil.pop(key, 0)
+
+    def close(self) -> None:
+        """Close the files kept open."""
+        for files in self._files.values():
+            files.close()
+        self._files.clear()

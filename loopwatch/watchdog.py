@@ -71,6 +71,9 @@ class StallWatchdog:
         self._probe = probe
         # A process that reads the native dump from outside while no thread here runs.
         self._dump_reader = dump_reader
+        # Stall seconds the loop thread spent off the CPU (blocked, waiting for the GIL or
+        # a CPU): with its CPU clock, the loop's busy time where no selector is timed.
+        self.offcpu_s = 0.0
         # Watching many short-lived loops one after another (a test suite): ``stop`` parks
         # the thread, and keeps the dump armed, for the next ``start``; ``close`` ends it.
         self._keep_thread = keep_thread
@@ -263,6 +266,7 @@ class StallWatchdog:
             self._charge_seconds(stall, last, tail)
         stall.fit(duration)
         stall.account_late_queue_wait(duration)
+        self.offcpu_s += max(0.0, duration - stall.loop_cpu_s)
         self._reported_beat = stall.beat
         self._baseline = self._read()
         self._report(stall, duration, ongoing=False)

@@ -17,7 +17,7 @@ from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
 from loopwatch.stall import StallEvent
-from loopwatch.utilization import BusyCollector, selector_of
+from loopwatch.utilization import BusyCollector, EstimatedBusyCollector, selector_of
 from loopwatch.watchdog import StallWatchdog
 
 log = structlog.get_logger("loopwatch")
@@ -44,18 +44,19 @@ def check_settings(resolution: float, stall_threshold: float, dump_after: float)
 _said: set[str] = set()
 
 
-def _say_utilization_unavailable(loop: asyncio.AbstractEventLoop) -> None:
-    """Once per kind of loop: why loopwatch_event_loop_busy_seconds_total is left out."""
+def _say_utilization_estimated(loop: asyncio.AbstractEventLoop) -> None:
+    """Once per kind of loop: loopwatch_event_loop_busy_seconds_total is an estimate there."""
     kind = type(loop).__module__ + "." + type(loop).__qualname__
     if kind not in _said:
         _said.add(kind)
         log.info(
-            "loop_utilization_unavailable",
+            "loop_utilization_estimated",
             loop=kind,
             reason=f"{kind} was not made by loopwatch.new_event_loop(), whose selector is "
-            "timed; loopwatch_event_loop_busy_seconds_total is left out",
-            fix="run on loopwatch.new_event_loop() (uvicorn: --loop loopwatch:new_event_loop; "
-            "uvloop has no hook for it)",
+            "timed; loopwatch_event_loop_busy_seconds_total is estimated from the loop "
+            "thread's CPU clock and its stalls",
+            fix="for the exact figure run on loopwatch.new_event_loop() (uvicorn: --loop "
+            "loopwatch:new_event_loop; uvloop has no hook for it)",
         )
 
 
@@ -97,7 +98,7 @@ class Watcher:
             keep_thread=keep_thread,
             dump_reader=dump_reader,
         )
-        self._busy: BusyCollector | None = None
+        self._busy: BusyCollector | EstimatedBusyCollector | None = None
 
     @property
     def stalls(self) -> int:
@@ -147,9 +148,16 @@ class Watcher:
         selector = selector_of(loop)
         if selector is not None:
             self._busy = BusyCollector(selector)
-            self.metrics.registry.register(self._busy)
         else:
-            _say_utilization_unavailable(loop)
+            watchdog = self.watchdog
+            self._busy = EstimatedBusyCollector(threading.get_ident(), lambda: watchdog.offcpu_s)
+            _say_utilization_estimated(loop)
+        try:
+            self.metrics.registry.register(self._busy)
+        except ValueError:
+            # Another watcher on this registry exports it already (the pytest plugin's,
+            # around a test that watches too): one figure per registry.
+            self._busy = None
 
     def stop(self) -> None:
         """Stop watching; a stall in progress is logged with what is known of it."""

@@ -127,7 +127,7 @@ def test_section_rules_name_the_key_path(tmp_path: Path, text: str, expected: st
     [
         (
             {"strategy": "teleport"},
-            "workers[0].strategy: Input should be 'blocking', 'thread', 'process', 'cooperative', 'executor' or 'dask' (got 'teleport')",
+            "workers[0].strategy: Input should be 'blocking', 'thread', 'process', 'cooperative', 'executor', 'dask' or 'auto' (got 'teleport')",
         ),
         ({"name": None}, "workers[0].name: Field required"),
         ({"name": "has space"}, "workers[0].name: String should match pattern"),

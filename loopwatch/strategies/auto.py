@@ -272,7 +272,7 @@ class AutoStrategy(Strategy):
 
     def evidence(self, caller: _Caller, now: float) -> Evidence:
         """The window's figures of ``caller`` (and its meter readings, which are taken)."""
-        free, watched = self._meter.take(caller.key)
+        free, gil = self._meter.take(caller.key)
         stalls = self._occupant.gil_stalls.get(caller.key, 0.0)
         stall_s, caller.stall_mark = stalls - caller.stall_mark, stalls
         on_thread = caller.strategy == "thread"
@@ -282,8 +282,8 @@ class AutoStrategy(Strategy):
             calls=caller.calls,
             wall_s=caller.wall_s,
             cpu_s=caller.cpu_s,
-            free_s=free if on_thread else None,
-            watched_s=watched if on_thread else None,
+            free_samples=free if on_thread else None,
+            gil_samples=gil if on_thread else None,
             stall_gil_s=stall_s,
             pickle_s=caller.pickle_s,
             pickle_bytes=caller.pickle_bytes,
@@ -369,6 +369,7 @@ class AutoStrategy(Strategy):
             self._tick = None
         if self._closers:
             await asyncio.wait(list(self._closers), timeout=timeout)
+        self._meter.close()
         owned, self._owned = self._owned, []
         await asyncio.gather(*(s.aclose(timeout) for s in owned))
 
