@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from time import perf_counter
@@ -98,23 +97,25 @@ class BusyCollector(Collector):
 class EstimatedBusyCollector(Collector):
     """``loopwatch_event_loop_busy_seconds_total`` for a loop without a timing selector.
 
-    Busy = the loop thread's CPU seconds + ``offcpu_s()``, the seconds of stalls it
-    spent off the CPU. Missed: blocking waits on the loop shorter than the stall
-    threshold. Counted although idle: the poll's own CPU time (small).
+    Busy = the loop thread's seconds on a CPU and waiting for one (``schedstat``: a
+    loop the host does not run is busy to the timing selector too) + ``offcpu_s()``, the
+    other seconds of stalls it spent off the CPU. Missed: blocking waits on the loop
+    shorter than the stall threshold. Counted although idle: the poll's own CPU time.
     """
 
-    def __init__(self, loop_ident: int, offcpu_s: Callable[[], float]) -> None:
-        self._clock = time.pthread_getcpuclockid(loop_ident)
+    def __init__(self, native_id: int, offcpu_s: Callable[[], float]) -> None:
+        self._schedstat = f"/proc/self/task/{native_id}/schedstat"
         self._offcpu_s = offcpu_s
         self._seen = 0.0
 
     def busy_s(self) -> float:
         """The estimate now; never lower than an earlier one (it is a counter)."""
         try:
-            cpu = time.clock_gettime(self._clock)
-        except OSError:  # the loop's thread ended: the counter stays where it was
+            with open(self._schedstat, "rb") as f:  # noqa: PTH123 - a scrape's hot path
+                on_cpu, waiting = f.read().split()[:2]
+        except (OSError, ValueError):  # the loop's thread ended: the counter stays
             return self._seen
-        self._seen = max(self._seen, cpu + self._offcpu_s())
+        self._seen = max(self._seen, (int(on_cpu) + int(waiting)) / 1e9 + self._offcpu_s())
         return self._seen
 
     def collect(self) -> Iterator[Any]:
@@ -122,8 +123,9 @@ class EstimatedBusyCollector(Collector):
         family = CounterMetricFamily(
             "loopwatch_event_loop_busy_seconds",
             "Seconds the loop was busy, estimated (not a loopwatch.new_event_loop() loop: "
-            "uvloop, or one made elsewhere): its thread's CPU seconds plus stall seconds "
-            "off the CPU; blocking waits shorter than the stall threshold are missed. "
+            "uvloop, or one made elsewhere): its thread's seconds on or waiting for a CPU, "
+            "plus stall seconds blocked; blocking waits shorter than the stall threshold "
+            "are missed. "
             "rate() is utilization, 0-1.",
         )
         family.add_metric([], self.busy_s())

@@ -71,8 +71,9 @@ class StallWatchdog:
         self._probe = probe
         # A process that reads the native dump from outside while no thread here runs.
         self._dump_reader = dump_reader
-        # Stall seconds the loop thread spent off the CPU (blocked, waiting for the GIL or
-        # a CPU): with its CPU clock, the loop's busy time where no selector is timed.
+        # Stall seconds the loop thread spent off the CPU and not waiting for one (blocked,
+        # or waiting for the GIL): with its CPU and run-queue times, the loop's busy time
+        # where no selector is timed.
         self.offcpu_s = 0.0
         # Watching many short-lived loops one after another (a test suite): ``stop`` parks
         # the thread, and keeps the dump armed, for the next ``start``; ``close`` ends it.
@@ -266,7 +267,8 @@ class StallWatchdog:
             self._charge_seconds(stall, last, tail)
         stall.fit(duration)
         stall.account_late_queue_wait(duration)
-        self.offcpu_s += max(0.0, duration - stall.loop_cpu_s)
+        # Its run-queue wait is in the loop thread's own figure (the utilization estimate).
+        self.offcpu_s += max(0.0, duration - stall.loop_cpu_s - stall.queue_wait_s)
         self._reported_beat = stall.beat
         self._baseline = self._read()
         self._report(stall, duration, ongoing=False)

@@ -150,7 +150,9 @@ class Watcher:
             self._busy = BusyCollector(selector)
         else:
             watchdog = self.watchdog
-            self._busy = EstimatedBusyCollector(threading.get_ident(), lambda: watchdog.offcpu_s)
+            self._busy = EstimatedBusyCollector(
+                threading.get_native_id(), lambda: watchdog.offcpu_s
+            )
             _say_utilization_estimated(loop)
         try:
             self.metrics.registry.register(self._busy)

@@ -29,4 +29,12 @@ async def read_item_fixed(item_id: int) -> dict[str, int]:
     return {"item_id": item_id}
 
 
+@api.get("/spin")
+async def spin(seconds: float = 1.0) -> dict[str, float]:
+    end = time.perf_counter() + seconds  # CPU work on the loop, for utilization
+    while time.perf_counter() < end:
+        pass
+    return {"seconds": seconds}
+
+
 app = LoopwatchMiddleware(api, stall_threshold=0.1)

@@ -68,3 +68,30 @@ def test_a_blocking_handler_is_named_by_route_and_line_and_the_fix_removes_it(
         assert json.loads(server.get(f"/fixed/{item}")) == {"item_id": item}
     time.sleep(0.3)
     assert len(handler_stalls(server)) == 1  # the fixed route blocks nothing
+
+
+def _busy_rate(server: WebServer, seconds: float) -> float:
+    before, started = server.value(BUSY), time.monotonic()
+    time.sleep(seconds)  # a rate is measured over time
+    return (server.value(BUSY) - before) / (time.monotonic() - started)
+
+
+BUSY = "loopwatch_event_loop_busy_seconds_total"
+
+
+def test_utilization_under_uvicorns_own_loop_is_estimated() -> None:
+    """uvicorn's default loop (uvloop here) is not loopwatch's: busy seconds are estimated."""
+    server = WebServer(SERVERS["fastapi"])
+    try:
+        assert server.value(BUSY) > 0, "exported on a loop loopwatch did not make"
+        assert _busy_rate(server, 1.5) < 0.15
+        # The service's /metrics is served by its loop: read before and after the spin.
+        before, started = server.value(BUSY), time.monotonic()
+        server.get("/spin?seconds=1.5")
+        busy = (server.value(BUSY) - before) / (time.monotonic() - started)
+        assert busy > 0.7
+        said = [json.loads(line) for line in server.output() if "loop_utilization" in line]
+        assert said
+        assert said[0]["event"] == "loop_utilization_estimated"
+    finally:
+        server.stop()
