@@ -33,8 +33,10 @@ MOVE_GIL_SHARE = 0.15
 # ... and at least this share of the CPU they used (native code that releases the GIL,
 # such as hashlib, uses the CPU without holding it).
 MOVE_GIL_OF_CPU = 0.5
-# The loop waited in GIL stalls charged to the target for this share of the window.
+# The loop waited in GIL stalls charged to the target for this share of the window...
 MOVE_STALL_SHARE = 0.02
+# ...and the target used the CPU for at least this share of its calls' wall time.
+STALL_MIN_CPU_SHARE = 0.05
 # Process -> thread: the calls used less CPU than this share of their wall time: they
 # wait on I/O now, where a thread costs nothing and a process adds pickling.
 BACK_CPU_SHARE = 0.1
@@ -120,7 +122,13 @@ def _from_thread(evidence: Evidence) -> Choice:
     # The watchdog names as the GIL's holder the thread that used most CPU in a stall,
     # and a thread in native code that let go of the GIL uses CPU too: where the meter
     # saw this target compute without the GIL, its stall seconds are not its own.
-    if stall_share >= MOVE_STALL_SHARE and (of_cpu is None or of_cpu >= MOVE_GIL_OF_CPU):
+    # And a target that hardly uses a CPU cannot have held the GIL for long: the stall
+    # was another thread's (seen beside CPU hogs: a sleeping I/O worker was named).
+    if (
+        stall_share >= MOVE_STALL_SHARE
+        and cpu >= STALL_MIN_CPU_SHARE
+        and (of_cpu is None or of_cpu >= MOVE_GIL_OF_CPU)
+    ):
         return _unless_pickling(
             evidence,
             f"the loop waited {evidence.stall_gil_s:.2f} s for the GIL in stalls while "

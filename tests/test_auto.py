@@ -47,6 +47,8 @@ def on_thread(cpu: float, gil: float, *, stall: float = 0.0, pickle: float = 0.0
         (on_thread(cpu=0.07, gil=0.9, stall=0.5), "process", "the loop waited 0.50 s"),
         # ...and where the meter saw it compute without the GIL: not its stalls.
         (on_thread(cpu=0.5, gil=0.1, stall=0.5), "thread", "lets go of it"),
+        # ...and where it hardly used a CPU (a sleeping I/O worker, named beside CPU hogs).
+        (on_thread(cpu=0.02, gil=1.0, stall=0.5), "thread", "they wait"),
         (on_thread(cpu=0.9, gil=1.0, pickle=float("inf")), "thread", "cannot be pickled"),
         (on_thread(cpu=0.9, gil=1.0, pickle=0.08), "thread", "pickling a call's arguments"),
     ],
