@@ -51,8 +51,11 @@ class GcTracker:
         self._done: deque[tuple[float, float, int]] = deque(maxlen=keep)
         self._started: tuple[float, int] | None = None
         self._frame: FrameType | None = None
-        # Where the long collections ran: (start, end, stack) of those over LONG_GC_S.
-        self.long: deque[tuple[float, float, list[str]]] = deque(maxlen=16)
+        self._thread = 0
+        # Where the long collections ran: (start, end, stack, thread ident) of those over
+        # LONG_GC_S. The thread names the worker when a pool thread's allocations set the
+        # collection off (a big json.loads on a thread).
+        self.long: deque[tuple[float, float, list[str], int]] = deque(maxlen=16)
 
     def install(self) -> None:
         """Start timing collections."""
@@ -72,6 +75,7 @@ class GcTracker:
             return
         if phase == "start":
             self._started = (perf_counter(), generation)
+            self._thread = threading.get_ident()
             # The frame that allocated (or called gc.collect): it runs on during the
             # collection, and names the code of a long one once it is over. None at
             # interpreter exit, when a collection may run with no Python frame at all.
@@ -85,13 +89,23 @@ class GcTracker:
             self._started = None
             self._done.append((start, end, generation))
             if end - start >= LONG_GC_S:
-                self.long.append((start, end, frames.frame_lines(self._frame)))
+                self.long.append((start, end, frames.frame_lines(self._frame), self._thread))
             self._frame = None
 
-    def stack_during(self, start: float, end: float) -> list[str] | None:
-        """The stack that triggered the longest collection within ``[start, end]``."""
-        found = [(e - s, stack) for s, e, stack in list(self.long) if s < end and e > start]
-        return max(found, key=lambda item: item[0])[1] if found else None
+    def stack_during(self, start: float, end: float) -> tuple[list[str], int] | None:
+        """The stack and thread that set off the longest collection within ``[start, end]``."""
+        found = [
+            (e - s, (stack, thread))
+            for s, e, stack, thread in list(self.long)
+            if s < end and e > start
+        ]
+        if found:
+            return max(found, key=lambda item: item[0])[1]
+        started, frame = self._started, self._frame
+        if started is not None and frame is not None:
+            # One still going (it ends after this look): the frame that set it off.
+            return frames.frame_lines(frame), self._thread
+        return None
 
     def overlap(self, start: float, end: float) -> tuple[float, int]:
         """GC seconds within ``[start, end]`` and the oldest generation collected then."""

@@ -305,15 +305,15 @@ class StallWatchdog:
         if verdict.cause == "gil" and verdict.holder is not None:
             return verdict, self._holder_sample(verdict.holder, stall)
         stack = frames.thread_stack(self._loop_ident) if sample_loop else []
+        gc_worker = None
         if verdict.cause == "gc" and (late or not stack):
-            # The collection held the GIL: its trigger's stack, kept by the GC callback.
-            stack = self._gc.stack_during(begin, reading.at) or stack
+            stack, gc_worker = self._gc_trigger(begin, reading.at, stack)
         if (late or not stack) and stall.dump is not None:
             # The watchdog was blind (native code held the GIL): faulthandler was not.
             stack = stack_in_dump(stall.dump, self._loop_ident) or stack
         task, request = self._task_and_request()
         culprit = frames.culprit_of(stack) if stack else unseen_culprit(verdict.cause, late=late)
-        worker = self._occupant.worker if sample_loop else None
+        worker = gc_worker or (self._occupant.worker if sample_loop else None)
         if worker is None or not frames.is_user_line(culprit):
             # Blind, or the loop moved on: the blocking call that overlapped this interval.
             last_worker, fn, start, end = self._occupant.last
@@ -322,6 +322,17 @@ class StallWatchdog:
                 if not frames.is_user_line(culprit):
                     culprit = _definition(fn) or culprit
         return verdict, Sample(culprit, worker, verdict.cause, stack, task=task, request=request)
+
+    def _gc_trigger(
+        self, begin: float, end: float, stack: list[str]
+    ) -> tuple[list[str], str | None]:
+        """The stack that set off a collection holding the GIL, and its pool thread's worker."""
+        found = self._gc.stack_during(begin, end)
+        if found is None:
+            return stack, None
+        trigger, thread = found
+        worker = POOL_CALLS.get(thread, (None, None))[0] if thread != self._loop_ident else None
+        return trigger, worker
 
     def _holder_sample(self, ident: int, stall: Stall) -> Sample:
         name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))

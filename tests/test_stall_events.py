@@ -82,7 +82,7 @@ def test_every_public_name_resolves() -> None:
     assert loopwatch.__version__
 
 
-async def test_utilization_unavailable_names_the_loop_and_does_not_blame_uvloop() -> None:
+async def test_utilization_estimated_names_the_loop_and_does_not_blame_uvloop() -> None:
     """On plain asyncio (not loopwatch.new_event_loop()) the message names that loop."""
     from loopwatch import watcher as watcher_module
 
@@ -90,7 +90,7 @@ async def test_utilization_unavailable_names_the_loop_and_does_not_blame_uvloop(
     with structlog.testing.capture_logs() as logs:
         async with loopwatch.watch(CollectorRegistry()):
             pass
-    [said] = [e for e in logs if e["event"] == "loop_utilization_unavailable"]
+    [said] = [e for e in logs if e["event"] == "loop_utilization_estimated"]
     assert "asyncio" in said["reason"]
     assert said["reason"].startswith(said["loop"])
     assert "uvloop" not in said["reason"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from loopwatch.daemon.workloads import generated_document
 from tests.daemon_process import children_of
 from tests.helpers import StartDaemon, WriteConfig, worker_toml
 from tests.waiting import poll
@@ -364,3 +365,34 @@ def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill
     assert "Fatal Python error: Aborted" in output
     assert "in native_sum" in output  # the last stacks, written from C, reach the journal
     poll(lambda: not Path(f"/proc/{readers[0]}").exists(), timeout=5, what="the reader gone")
+
+
+def test_a_big_json_parse_on_a_thread_is_named_with_its_worker(
+    write_config: WriteConfig, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """``json.loads`` of 20 MB on a thread holds the GIL: its stalls name it and its worker."""
+    document = tmp_path / "document.json"
+    document.write_bytes(generated_document(20.0))
+    daemon = start_daemon(
+        write_config(
+            worker_toml(
+                "parser",
+                "tests.targets:parse_json",
+                "thread",
+                {"path": str(document)},
+                interval=0.5,
+            )
+        )
+    )
+    daemon.wait_ready()
+    poll(lambda: len([e for e in daemon.named("stall") if not e["ongoing"]]) >= 6, timeout=120)
+    stalls = [e for e in daemon.named("stall") if not e["ongoing"]][:6]
+    named = [
+        s
+        for s in stalls
+        if s["worker"] == "parser"
+        and s["culprit"].endswith(" parse_json")
+        and s["cause"] in ("gil", "gc")
+    ]
+    assert len(named) >= 5, [(s["worker"], s["cause"], s["culprit"]) for s in stalls]
+    assert daemon.stop() == 0
