@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 import loopwatch
-from loopwatch.choice import Evidence, choose
+from loopwatch.choice import MOVE_GIL_SHARE, Evidence, choose
 from loopwatch.gilmeter import MEASURING, GilMeter, Measured
 from loopwatch.strategies import AutoStrategy, Call
 from tests import targets
@@ -143,7 +143,7 @@ async def test_auto_moves_pure_python_to_a_process_and_keeps_hashing_on_threads(
     [switched] = [e for e in logs if e["event"] == "strategy_switched"]
     assert (switched["worker"], switched["from"], switched["to"]) == ("python", "thread", "process")
     assert "held the GIL" in switched["reason"]
-    assert switched["evidence"]["gil_share"] > 0.25
+    assert switched["evidence"]["gil_share"] >= MOVE_GIL_SHARE  # the rule's own threshold
     decisions = {d["worker"]: d for d in auto.decisions()}
     assert decisions["python"]["switches"] == 1
     assert decisions["hashlib"]["switches"] == 0

@@ -61,7 +61,13 @@ def test_a_blocking_handler_is_named_by_route_and_line_and_the_fix_removes_it(
     assert str(stall["culprit"]).endswith(" read_item")
     assert "_app.py:" in str(stall["culprit"])
     assert stall["cause"] == "wait"
-    assert server.value("loopwatch_event_loop_blocked_seconds_total", worker="", cause="wait") > 0.2
+    # Beside CPU hogs a slice of the 0.3 s may be charged to another cause (starved).
+    blocked = {
+        cause: server.value("loopwatch_event_loop_blocked_seconds_total", worker="", cause=cause)
+        for cause in ("wait", "cpu", "gil", "gc", "starved", "unknown")
+    }
+    assert sum(blocked.values()) > 0.2
+    assert blocked["wait"] == max(blocked.values())
     lag = server.samples("loopwatch_event_loop_lag_seconds_bucket")  # one scrape for both
     assert lag[("le", "+Inf")] - lag[("le", "0.25")] >= 1  # the lag histogram shows it too
     for item in range(3):
