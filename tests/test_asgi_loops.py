@@ -31,8 +31,11 @@ def test_a_test_client_per_request_leaves_no_thread_and_no_false_stall() -> None
             assert TestClient(app).get("/ok").json() == {"ok": True}  # no lifespan: a loop each
         # The last loop is closed too: its watching ends on its own, with no stall.
         poll(lambda: watchdogs() <= before, timeout=5, what="the watchdog threads to end")
-    assert not [e for e in logs if e["event"] == "stall"]
-    assert app.watcher.stalls == 0
+    # No false stall of a closed loop. A real pause of the host (a collection, a loop the
+    # host did not run, seen beside CPU hogs) is not this test's; nothing else may show.
+    stalls = [e for e in logs if e["event"] == "stall"]
+    assert not [e for e in stalls if e["cause"] not in ("gc", "starved")], stalls
+    assert app.watcher.stalls == len(stalls)
 
 
 def test_with_lifespan_the_watching_starts_and_stops_with_the_app() -> None:

@@ -44,12 +44,23 @@ def test_the_estimate_is_within_005_of_the_timing_selector(
                 threading.get_native_id(), lambda: watcher.watchdog.offcpu_s
             )
             exact_0, estimate_0, started = exact.busy_s(), estimate.busy_s(), time.perf_counter()
+            queued_0 = _run_queue_s()
             task = asyncio.ensure_future(load())
             await asyncio.sleep(1.5)
             task.cancel()
             elapsed = time.perf_counter() - started
+            queued.append((_run_queue_s() - queued_0) / elapsed)
             return (exact.busy_s() - exact_0) / elapsed, (estimate.busy_s() - estimate_0) / elapsed
 
+    queued: list[float] = []
     with asyncio.Runner(loop_factory=loopwatch.new_event_loop) as runner:
         exact, estimate = runner.run(main())
-    assert abs(exact - estimate) <= 0.05, (exact, estimate)
+    # The two differ by where a wait for a CPU after the poll returns is counted: idle
+    # to the selector, busy to the estimate. Nil on a quiet host; beside CPU hogs, added.
+    assert abs(exact - estimate) <= 0.05 + queued[0], (exact, estimate, queued)
+
+
+def _run_queue_s() -> float:
+    """Seconds this thread has waited for a CPU."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb") as f:  # noqa: PTH123
+        return int(f.read().split()[1]) / 1e9
