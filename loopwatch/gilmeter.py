@@ -27,7 +27,6 @@ import os
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
@@ -44,16 +43,10 @@ _LIBC.pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c
 _LIBC.pread.restype = ctypes.c_ssize_t
 _LIBC.close.argtypes = (ctypes.c_int,)
 
-# Native thread id -> the call it runs now and is measured (each pool thread writes its
-# own entry; the loop thread reads them all: single dict operations, atomic under the GIL).
-MEASURING: dict[int, _Running] = {}
-
-
-@dataclass(frozen=True, eq=False)
-class _Running:
-    key: str
-    ident: int
-    cpu_at_start: float
+# Native thread id -> the key of the call it runs now and is measured (each pool thread
+# writes its own entry; the loop thread reads them all: single dict operations, atomic
+# under the GIL).
+MEASURING: dict[int, str] = {}
 
 
 class Measured:
@@ -79,7 +72,7 @@ class Measured:
             result = targets.drive(self.__wrapped__, args, kwargs)
         else:
             native = threading.get_native_id()
-            MEASURING[native] = _Running(key, threading.get_ident(), cpu_at_start)
+            MEASURING[native] = key
             try:
                 result = targets.drive(self.__wrapped__, args, kwargs)
             finally:
@@ -126,21 +119,19 @@ class GilMeter:
         self._gil: defaultdict[str, int] = defaultdict(int)
         self._files: dict[int, _ThreadFiles] = {}
         self._buffer = ctypes.create_string_buffer(1024)
-        self.samples = 0
 
     def sample(self) -> None:
         """Hold the GIL for ``hold_s``, then see where each measured thread is."""
         running = list(MEASURING.items())
         if not running:
             return
-        self.samples += 1
         _LIBC.usleep(int(self.hold_s * 1e6))
-        for native, call in running:
+        for native, key in running:
             state = self._state(native)
             if state == "free":
-                self._free[call.key] += 1
+                self._free[key] += 1
             elif state == "gil":
-                self._gil[call.key] += 1
+                self._gil[key] += 1
         for native in [n for n in self._files if n not in MEASURING]:
             self._files.pop(native).close()
 
