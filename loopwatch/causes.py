@@ -35,13 +35,20 @@ def thread_cpu_s(ident: int) -> float | None:
         return None
 
 
+def schedstat(native_id: int, pid: int | str = "self") -> tuple[float, float] | None:
+    """A thread's seconds on a CPU and waiting for one (``schedstat``); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/task/{native_id}/schedstat", "rb") as f:  # noqa: PTH123 - hot
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def run_queue_wait_s(native_id: int) -> float | None:
     """Seconds the thread spent runnable but not running (``schedstat``); None if unknown."""
-    try:
-        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as f:  # noqa: PTH123 - hot
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return None
+    found = schedstat(native_id)
+    return None if found is None else found[1]
 
 
 class GcTracker:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loopwatch import frames
+from loopwatch.causes import schedstat
 from loopwatch.dump import stack_in_dump
 
 # A dump is whole once its writer has been quiet this long.
@@ -40,15 +41,6 @@ BUSY_LOOK_S = 0.1
 BUSY_SHARE = 0.5
 _CURRENT = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
 _THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
-
-
-def loop_cpu_s(pid: int, native_id: int) -> float | None:
-    """CPU seconds the watched process's loop thread has used (``schedstat``)."""
-    try:
-        with open(f"/proc/{pid}/task/{native_id}/schedstat", "rb") as f:  # noqa: PTH123
-            return int(f.read().split()[0]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def stall_line(
@@ -129,11 +121,11 @@ def main() -> None:
             return
         busy = None
         if loop_native is not None:
-            before = loop_cpu_s(watched, loop_native)
+            before = schedstat(loop_native, watched)
             time.sleep(BUSY_LOOK_S)
-            after = loop_cpu_s(watched, loop_native)
+            after = schedstat(loop_native, watched)
             if before is not None and after is not None:
-                busy = after - before >= BUSY_SHARE * BUSY_LOOK_S
+                busy = after[0] - before[0] >= BUSY_SHARE * BUSY_LOOK_S
         line = json.dumps(stall_line(dump, loop_thread, deadline_s, busy))
         with contextlib.suppress(OSError):
             os.write(2, (line + "\n").encode())

@@ -4,10 +4,10 @@ Through public API only: ``asyncio.SelectorEventLoop`` takes any selector. A loo
 by ``new_event_loop()`` is measured exactly. Any other (uvloop, which runs its own
 libuv poll with no hook for it, or an asyncio loop someone else made, such as uvicorn's)
 gets an estimate from counters that are right whenever they are read: the loop thread's
-CPU clock, plus the stall seconds it spent off the CPU (blocked in a call, waiting for
-the GIL or for a CPU). Sampling the loop thread's state from another Python thread
-instead is biased: that thread only runs when the loop lets go of the GIL, mostly while
-it waits in its poll (measured: a loop busy 80% of the time read 6%).
+seconds on a CPU and waiting for one (``schedstat``), plus the stall seconds it spent
+blocked (in a call, or waiting for the GIL). Sampling the loop thread's state from
+another Python thread instead is biased: that thread only runs when the loop lets go of
+the GIL, mostly while it waits in its poll (measured: a loop busy 80% of the time read 6%).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
+
+from loopwatch.causes import schedstat
 
 
 class TimingSelector(selectors.DefaultSelector):
@@ -104,18 +106,17 @@ class EstimatedBusyCollector(Collector):
     """
 
     def __init__(self, native_id: int, offcpu_s: Callable[[], float]) -> None:
-        self._schedstat = f"/proc/self/task/{native_id}/schedstat"
+        self._native_id = native_id
         self._offcpu_s = offcpu_s
         self._seen = 0.0
 
     def busy_s(self) -> float:
         """The estimate now; never lower than an earlier one (it is a counter)."""
-        try:
-            with open(self._schedstat, "rb") as f:  # noqa: PTH123 - a scrape's hot path
-                on_cpu, waiting = f.read().split()[:2]
-        except (OSError, ValueError):  # the loop's thread ended: the counter stays
+        found = schedstat(self._native_id)
+        if found is None:  # the loop's thread ended: the counter stays
             return self._seen
-        self._seen = max(self._seen, (int(on_cpu) + int(waiting)) / 1e9 + self._offcpu_s())
+        on_cpu, waiting = found
+        self._seen = max(self._seen, on_cpu + waiting + self._offcpu_s())
         return self._seen
 
     def collect(self) -> Iterator[Any]:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import loopwatch
+from loopwatch.causes import run_queue_wait_s
 from loopwatch.utilization import EstimatedBusyCollector, selector_of
 
 
@@ -62,5 +63,6 @@ def test_the_estimate_is_within_005_of_the_timing_selector(
 
 def _run_queue_s() -> float:
     """Seconds this thread has waited for a CPU."""
-    with open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb") as f:  # noqa: PTH123
-        return int(f.read().split()[1]) / 1e9
+    waited = run_queue_wait_s(threading.get_native_id())
+    assert waited is not None
+    return waited
