@@ -27,7 +27,8 @@ from loopwatch import frames
 REARM_EVERY_S = 1.0
 # How long a closing dump waits for its reader to end.
 READER_EXIT_S = 1.0
-_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)")
+# A thread's header line in a dump (MULTILINE: also found in a whole dump's text).
+THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 
 
@@ -128,7 +129,7 @@ def stack_in_dump(dump: str, thread_id: int) -> list[str]:
     lines: list[str] = []
     inside = False
     for row in dump.splitlines():
-        header = _HEADER.match(row)
+        header = THREAD_HEADER.match(row)
         if header:
             inside = int(header.group(1), 16) == thread_id or header.group(1) == wanted
             continue

@@ -32,7 +32,7 @@ from typing import Any
 
 from loopwatch import frames
 from loopwatch.causes import schedstat
-from loopwatch.dump import stack_in_dump
+from loopwatch.dump import THREAD_HEADER, stack_in_dump
 
 # A dump is whole once its writer has been quiet this long.
 QUIET_S = 0.05
@@ -40,7 +40,6 @@ QUIET_S = 0.05
 BUSY_LOOK_S = 0.1
 BUSY_SHARE = 0.5
 _CURRENT = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
-_THREAD = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
 
 
 def stall_line(
@@ -62,7 +61,7 @@ def stall_line(
         cause, stack = "cpu", stack_in_dump(dump, holder)
     else:
         cause, stack = "gil", stack_in_dump(dump, holder)
-    threads = len(_THREAD.findall(dump))
+    threads = len(THREAD_HEADER.findall(dump))
     return {
         "event": "stall",
         "ongoing": True,
@@ -117,7 +116,7 @@ def main() -> None:
         frames.user_code(*paths)
 
     def report(dump: str) -> None:
-        if not _THREAD.search(dump):
+        if not THREAD_HEADER.search(dump):
             return
         busy = None
         if loop_native is not None:
