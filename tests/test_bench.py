@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,45 +58,45 @@ def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
     assert rows["blocking"]["lag_max"] > rows["process"]["lag_p99"]
 
 
-def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) -> None:
-    """``--target`` runs the applicable strategies, recommends one, writes the files."""
+def bench_target(
+    tmp_path: Path, target: str, kwargs: str, seconds: str
+) -> tuple[list[dict[str, Any]], str]:
+    """``loopwatch bench --quick --target``: its rows, and what it said on one line."""
     result = run_loopwatch(
-        "bench", "--quick", "--seconds", "0.4",
-        "--target", "loopwatch.daemon.workloads:countdown", "--kwargs", '{"n": 200000}',
+        "bench", "--quick", "--seconds", seconds, "--target", target, "--kwargs", kwargs,
         "--out", str(tmp_path), timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = json.loads((tmp_path / "bench.json").read_text())
+    rows: list[dict[str, Any]] = json.loads((tmp_path / "bench.json").read_text())
+    return rows, " ".join(result.stderr.split())  # the console wraps long lines
+
+
+def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) -> None:
+    """``--target`` runs the applicable strategies, recommends one, writes the files."""
+    rows, said = bench_target(
+        tmp_path, "loopwatch.daemon.workloads:countdown", '{"n": 200000}', "0.4"
+    )
     assert len(rows) == 7
     assert all(set(r) >= ROW_KEYS for r in rows)
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     # The recommendation is auto's rule on what the "auto" row measured.
     [auto] = [r for r in rows if r["strategy"] == "auto"]
     assert auto["fit"] == "process"
-    said = " ".join(result.stderr.split())  # the console wraps long lines
     assert "target: use process" in said
     assert "held the GIL" in said
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["machine"]["cpus"] >= 1
 
 
 def test_bench_and_auto_agree_that_native_code_releasing_the_gil_stays_on_threads(
     tmp_path: Path,
 ) -> None:
     """hashlib uses the CPU but not the GIL: the bench says thread, as auto does (test_auto)."""
-    result = run_loopwatch(
-        "bench", "--quick", "--seconds", "0.6",
-        "--target", "tests.targets:hash_buffer", "--kwargs", '{"mb": 8}',
-        "--out", str(tmp_path), timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    [auto] = [
-        r for r in json.loads((tmp_path / "bench.json").read_text()) if r["strategy"] == "auto"
-    ]
+    rows, said = bench_target(tmp_path, "tests.targets:hash_buffer", '{"mb": 8}', "0.6")
+    [auto] = [r for r in rows if r["strategy"] == "auto"]
     assert auto["fit"] == "thread", auto["fit_reason"]
-    said = " ".join(result.stderr.split())  # the console wraps long lines
     assert "target: use thread" in said
     assert "lets go of it" in said
-    machine = json.loads((tmp_path / "machine.json").read_text())
-    assert machine["machine"]["cpus"] >= 1
 
 
 def test_cli_rejects_a_bad_target(tmp_path: Path) -> None:
