@@ -154,18 +154,20 @@ class Reader:
         return Scrape(time.monotonic(), samples, self._recent_stalls(), self._decisions())
 
     def _recent_stalls(self) -> list[dict[str, Any]] | None:
-        with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
-            stalls = json.loads(self._get(self._stalls_url, STALLS_LIMIT)).get("stalls")
-            if isinstance(stalls, list):
-                return [s for s in stalls if isinstance(s, dict)]
-        return None  # not the daemon's endpoint: a service's /metrics has no /stalls
+        # None: not the daemon's endpoint, a service's /metrics has no /stalls.
+        return self._records(self._stalls_url, "stalls")
 
     def _decisions(self) -> dict[str, dict[str, Any]]:
+        found = self._records(self._auto_url, "workers") or []
+        return {str(d["worker"]): d for d in found if "worker" in d}
+
+    def _records(self, url: str, key: str) -> list[dict[str, Any]] | None:
+        """The objects in the list ``key`` of the JSON document at ``url``; None without one."""
         with contextlib.suppress(OSError, ValueError, AttributeError, RecursionError):
-            found = json.loads(self._get(self._auto_url, STALLS_LIMIT)).get("workers")
+            found = json.loads(self._get(url, STALLS_LIMIT)).get(key)
             if isinstance(found, list):
-                return {str(d["worker"]): d for d in found if isinstance(d, dict) and "worker" in d}
-        return {}
+                return [item for item in found if isinstance(item, dict)]
+        return None
 
     def _get(self, url: str, limit: int) -> str:
         """The body at ``url``: ValueError past ``limit`` bytes, TimeoutError past the deadline."""
