@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -370,29 +371,38 @@ def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill
 def test_a_big_json_parse_on_a_thread_is_named_with_its_worker(
     write_config: WriteConfig, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
-    """``json.loads`` of 20 MB on a thread holds the GIL: its stalls name it and its worker."""
+    """``json.loads`` of 20 MB on a thread: its stalls name it and its worker.
+
+    The parse is one C call, but the collections its allocations set off run the
+    watchdog's ``gc.callbacks`` (Python code, where the GIL changes hands), so the loop
+    is not held for the whole 0.4 s parse: it stalls for the longer collections, 50 to
+    120 ms here. Hence a threshold below them, and counting stalls, not lines (repeats
+    of one culprit are one summary line per 10 s).
+    """
     document = tmp_path / "document.json"
     document.write_bytes(generated_document(20.0))
-    daemon = start_daemon(
-        write_config(
-            worker_toml(
-                "parser",
-                "tests.targets:parse_json",
-                "thread",
-                {"path": str(document)},
-                interval=0.5,
-            )
-        )
+    worker = worker_toml(
+        "parser", "tests.targets:parse_json", "thread", {"path": str(document)}, interval=0.5
     )
+    daemon = start_daemon(write_config(f"[probe]\nstall_threshold = 0.03\n{worker}"))
     daemon.wait_ready()
-    poll(lambda: len([e for e in daemon.named("stall") if not e["ongoing"]]) >= 6, timeout=120)
-    stalls = [e for e in daemon.named("stall") if not e["ongoing"]][:6]
+
+    def ended() -> list[dict[str, Any]]:
+        return [e for e in daemon.named("stall") if not e["ongoing"]]
+
+    def stalls(lines: list[dict[str, Any]]) -> int:
+        return sum(e.get("repeats", 1) for e in lines)  # a summary line: its repeats
+
+    poll(lambda: stalls(ended()) >= 6, timeout=60, what="six stalls")
+    lines = ended()
     named = [
-        s
-        for s in stalls
-        if s["worker"] == "parser"
-        and s["culprit"].endswith(" parse_json")
-        and s["cause"] in ("gil", "gc")
+        e
+        for e in lines
+        if e["worker"] == "parser"
+        and e["culprit"].endswith(" parse_json")
+        and e["cause"] in ("gil", "gc")
     ]
-    assert len(named) >= 5, [(s["worker"], s["cause"], s["culprit"]) for s in stalls]
+    assert stalls(named) >= 5 / 6 * stalls(lines), [
+        (e["worker"], e["cause"], e["culprit"], e.get("repeats")) for e in lines
+    ]
     assert daemon.stop() == 0
