@@ -54,7 +54,9 @@ class NativeDump:
             # Never block: not the C writer on a full pipe, not the watchdog reading.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._armed_at = -math.inf
+        self._due = math.inf  # when the armed dump fires (perf_counter)
         self._buffer = b""
+        self._buffer_due = math.inf  # when the dump in the buffer was written
 
     def _start_reader(
         self, loop_thread: int, native_id: int | None
@@ -87,14 +89,21 @@ class NativeDump:
                 self.after_s + self.rearm_s, repeat=False, file=self._write_fd
             )
             self._armed_at = now
+            self._due = now + self.after_s + self.rearm_s
 
     def disarm(self) -> None:
         """Cancel the pending dump; the next ``keep_armed`` arms it again."""
         faulthandler.cancel_dump_traceback_later()
         self._armed_at = -math.inf
 
-    def take(self) -> str | None:
-        """The dump written since the last call, if any."""
+    def take(self, start: float = -math.inf, end: float = math.inf) -> str | None:
+        """The dump written from ``start`` to ``end`` (perf_counter), if any.
+
+        A stall takes the dump written while it lasted. One written later is kept for
+        the stall it was written in: the watchdog, kept off the GIL until a second stall
+        ended, looks back at the first one after both. One written earlier is of no
+        stall (the watchdog itself was late to re-arm): it is dropped.
+        """
         while True:
             try:
                 chunk = os.read(self._read_fd, 65536)
@@ -102,12 +111,15 @@ class NativeDump:
                 break
             if not chunk:
                 break
+            if not self._buffer:
+                # Nothing re-arms between a dump and this read: the deadline is its time.
+                self._buffer_due = self._due
             self._buffer += chunk
-        if not self._buffer:
+        if not self._buffer or self._buffer_due > end:
             return None
         text, self._buffer = self._buffer.decode(errors="replace"), b""
         self._armed_at = -math.inf  # it fired: arm again at the next healthy wake
-        return text
+        return text if self._buffer_due >= start else None
 
     def close(self) -> None:
         """Cancel the dump, close the pipes; the reader sees its stdin close and ends."""

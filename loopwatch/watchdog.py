@@ -245,7 +245,10 @@ class StallWatchdog:
                 # The last stretch, seen only once over: its cause is known (a collection,
                 # a GIL hold), its code is most likely the last one sampled.
                 sample = Sample(last.culprit, last.worker, verdict.cause, last.stack, last.task)
-            self._charge(stall, sample, max(0.0, reading.at - begin), verdict)
+            # Back, the stall ended before this look: maybe long before, when a second
+            # stall kept the watchdog off the GIL. Its seconds are the next stall's.
+            end = (self._ended_at(stall) or reading.at) if came_back else reading.at
+            self._charge(stall, sample, max(0.0, min(end, reading.at) - begin), verdict)
             prev, last = reading, sample
             if came_back:
                 break
@@ -258,10 +261,21 @@ class StallWatchdog:
                 break
         self._finish(stall, prev, last)
 
-    def _finish(self, stall: Stall, prev: causes.Reading, last: Sample | None) -> None:
+    def _ended_at(self, stall: Stall) -> float | None:
+        """When the loop came back from ``stall`` (perf_counter), None while it lasts."""
         long_beat, long_lag = self._probe.last_long_lag
-        # Not the probe's figure when still stuck (we are stopping) or the probe stopped.
-        duration = long_lag if long_beat == stall.beat else perf_counter() - stall.start
+        if long_beat == stall.beat:
+            return stall.start + long_lag
+        if long_beat > stall.beat:
+            # Stuck again since (the watchdog, kept off the GIL, looks back at both):
+            # the later stall began at or after this one's end.
+            return long_beat
+        return None
+
+    def _finish(self, stall: Stall, prev: causes.Reading, last: Sample | None) -> None:
+        # Still stuck when we are stopping, or the probe stopped: up to now.
+        end = self._ended_at(stall)
+        duration = (end if end is not None else perf_counter()) - stall.start
         tail = stall.start + duration - prev.at
         if tail > 0 and last is not None:
             self._charge_seconds(stall, last, tail)
@@ -299,7 +313,7 @@ class StallWatchdog:
         gc_s, generation = self._gc.overlap(prev.at, reading.at)
         verdict = causes.classify(prev, reading, gc_s, generation, watchdog_late=late)
         if self._dump is not None:
-            dump = self._dump.take()
+            dump = self._dump.take(stall.start, self._ended_at(stall) or reading.at)
             if dump is not None:
                 stall.dump = dump
         if verdict.cause == "gil" and verdict.holder is not None:

@@ -232,6 +232,42 @@ async def test_native_code_holding_the_gil_on_the_loop_is_named_from_the_dump(
     assert "native_sum" in event["dump"]
 
 
+async def test_a_dump_goes_with_the_stall_it_was_written_in(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """A wait on the loop, then at once native code holding the GIL: each has its own line.
+
+    The watchdog, blocked on the GIL until the second ends, looked back at the first and
+    took the dump written during the second: the first carried it, the second read
+    ``unknown`` (the plugin's corpus in CI: a pool's result, then ``json.loads``).
+    """
+    watcher = await watched(registry, dump_after=0.5)
+    await asyncio.sleep(0.3)  # let the watchdog arm the dump
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def hold() -> None:
+        test_targets.hold_gil_for(1.0)  # the dump comes 0.5-0.75 s after the wait began
+        done.set_result(None)
+
+    def wait_then_hold() -> None:
+        time.sleep(0.3)
+        # After the probe's next beat, with no wait between in which the watchdog could run.
+        loop.call_soon(loop.call_soon, hold)
+
+    loop.call_soon(wait_then_hold)
+    await done
+    await settle(watcher, 2)
+    final = stall_events(stalls)
+    [waited] = [e for e in final if e["culprit"].endswith(" wait_then_hold")]
+    [held] = [e for e in final if e["culprit"].endswith(" hold_gil_for")]
+    assert waited.get("dump") is None, waited
+    assert waited["cause"] == "wait", waited
+    assert 0.25 <= waited["duration"] <= 0.6, waited
+    assert "hold_gil_for" in held["dump"]
+    assert 0.9 <= held["duration"] <= 1.4, held
+
+
 async def test_a_stall_outside_any_worker_names_the_running_task(
     registry: CollectorRegistry, stalls: Events
 ) -> None:
