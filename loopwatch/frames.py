@@ -98,3 +98,22 @@ def culprit_of(stack: Sequence[str]) -> str:
         if is_user_line(line):
             return line
     return stack[-1] if stack else "unknown"
+
+
+# The frames an event loop runs its callbacks from (asyncio's, or a C loop's caller).
+_LOOP_RUNNERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run"})
+
+
+def running_user_line(loop_stack: Sequence[str]) -> str | None:
+    """The user's line a loop thread's stack is in below its loop's frames, if any.
+
+    None when the loop waits in its selector: the user's lines above the loop (the
+    ``asyncio.run`` of a ``main.py``) are no code it runs.
+    """
+    start = 0
+    for index, line in enumerate(loop_stack):
+        if line.rpartition(" ")[2] in _LOOP_RUNNERS and not is_user_line(line):
+            start = index + 1
+    below = loop_stack[start:]
+    line = culprit_of(below)
+    return line if below and is_user_line(line) else None

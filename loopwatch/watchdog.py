@@ -317,7 +317,12 @@ class StallWatchdog:
             if dump is not None:
                 stall.dump = dump
         if verdict.cause == "gil" and verdict.holder is not None:
-            return verdict, self._holder_sample(verdict.holder, stall)
+            held = self._holder_sample(verdict.holder, stall)
+            if not self._dump_caught_loop_in_user_code(stall, blind=late or not sample_loop):
+                return verdict, held
+            # The loop thread was itself in a call of the user's: a C parser whose
+            # collections (gc.callbacks) let the holder take the GIL now and then. The
+            # call is the culprit, the holder stays named among the GIL's holders.
         stack = frames.thread_stack(self._loop_ident) if sample_loop else []
         gc_worker = None
         if verdict.cause == "gc" and (late or not stack):
@@ -336,6 +341,15 @@ class StallWatchdog:
                 if not frames.is_user_line(culprit):
                     culprit = _definition(fn) or culprit
         return verdict, Sample(culprit, worker, verdict.cause, stack, task=task, request=request)
+
+    def _dump_caught_loop_in_user_code(self, stall: Stall, *, blind: bool) -> bool:
+        """Whether the dump of a stall the watchdog was blind to shows the loop in user code.
+
+        Rather than waiting in its selector (for the GIL a thread of the user held).
+        """
+        if not blind or stall.dump is None:
+            return False
+        return frames.running_user_line(stack_in_dump(stall.dump, self._loop_ident)) is not None
 
     def _gc_trigger(
         self, begin: float, end: float, stack: list[str]
