@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import deque
 from time import perf_counter
 
 from loopwatch import frames
@@ -54,7 +55,9 @@ class NativeDump:
             # Never block: not the C writer on a full pipe, not the watchdog reading.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._armed_at = -math.inf
-        self._due = math.inf  # when the armed dump fires (perf_counter)
+        # When the dumps armed lately fire (perf_counter): a re-arm after a dump, before
+        # it was read, must not pass for the time it was written.
+        self._dues: deque[float] = deque(maxlen=8)
         self._buffer = b""
         self._buffer_due = math.inf  # when the dump in the buffer was written
 
@@ -89,7 +92,7 @@ class NativeDump:
                 self.after_s + self.rearm_s, repeat=False, file=self._write_fd
             )
             self._armed_at = now
-            self._due = now + self.after_s + self.rearm_s
+            self._dues.append(now + self.after_s + self.rearm_s)
 
     def disarm(self) -> None:
         """Cancel the pending dump; the next ``keep_armed`` arms it again."""
@@ -112,8 +115,9 @@ class NativeDump:
             if not chunk:
                 break
             if not self._buffer:
-                # Nothing re-arms between a dump and this read: the deadline is its time.
-                self._buffer_due = self._due
+                # Written at the last deadline passed; a later arm is still pending.
+                now = perf_counter()
+                self._buffer_due = max((d for d in self._dues if d <= now), default=now)
             self._buffer += chunk
         if not self._buffer or self._buffer_due > end:
             return None

@@ -121,6 +121,7 @@ class StallWatchdog:
         if self._thread is not None and self._thread.is_alive():
             if self._dump is not None:
                 self._dump.take()  # a dump written while parked is of no stall of ours
+                self._dump.keep_armed()  # now: the test may hold the GIL before we run
             if self._baseline is not None and self._baseline_thread != self._loop_native_id:
                 self._baseline = None  # another thread's figures: read afresh
             self._parked.clear()
@@ -223,7 +224,9 @@ class StallWatchdog:
             self._report_unseen(reading)
             self._baseline = reading
             self._throttle.flush()
-            if self._dump is not None:
+            # Not if the loop got stuck while we read: re-arming then would put off (or
+            # cancel) the dump of that very stall.
+            if self._dump is not None and perf_counter() - self._probe.last_beat < threshold:
                 self._dump.keep_armed()
             wait_s = threshold - overdue + 0.001
             self._wake_due = perf_counter() + wait_s
