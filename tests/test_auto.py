@@ -84,7 +84,10 @@ def test_the_meter_tells_gil_holders_from_native_code_that_lets_go() -> None:
     stop = threading.Event()
     threads = [
         _spin_in_thread(lambda: targets.count(200_000), "python", stop),
-        _spin_in_thread(lambda: targets.hash_buffer(8), "hashlib", stop),
+        # 32 MB: ~19 ms of hashing per call here, against up to a switch interval (5 ms)
+        # waiting for the GIL back after it; at 8 MB (~5 ms) the free share fell to 38%
+        # once in CI, the hashing and the waiting being about as long.
+        _spin_in_thread(lambda: targets.hash_buffer(32), "hashlib", stop),
     ]
     meter = GilMeter()
     try:
