@@ -188,6 +188,19 @@ def children_of(pid: int) -> list[int]:
     return [child for child, fields in _processes() if int(fields[1]) == pid]
 
 
+def children_running(pid: int, marker: bytes) -> list[int]:
+    """Children of ``pid`` whose command line contains ``marker``."""
+    found = []
+    for child in children_of(pid):
+        try:
+            command = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone already
+        if marker in command:
+            found.append(child)
+    return found
+
+
 def session_members(sid: int) -> list[int]:
     """Live pids in session ``sid`` (the daemon starts its own session): leftovers show here."""
     return [member for member, fields in _processes() if int(fields[3]) == sid and fields[0] != "Z"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from loopwatch.daemon.workloads import generated_document
-from tests.daemon_process import children_of
+from tests.daemon_process import children_running
 from tests.helpers import StartDaemon, WriteConfig, worker_toml
 from tests.waiting import poll
 
@@ -316,14 +316,6 @@ interval = 60.0
 """
 
 
-def _dump_readers(pid: int) -> list[int]:
-    return [
-        child
-        for child in children_of(pid)
-        if b"loopwatch.dumpreader" in Path(f"/proc/{child}/cmdline").read_bytes()
-    ]
-
-
 def test_a_loop_held_by_native_code_is_seen_from_outside_while_it_is_stuck(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
@@ -355,7 +347,7 @@ def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill
     seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=15)
     assert seen["culprit"].endswith(" native_sum"), seen
     assert seen["cause"] == "cpu"
-    readers = _dump_readers(daemon.pid)
+    readers = children_running(daemon.pid, b"loopwatch.dumpreader")
     assert len(readers) == 1
     daemon.signal(signal.SIGTERM)
     with pytest.raises(AssertionError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import children_of
+from tests.daemon_process import children_running
 from tests.helpers import StartDaemon, WriteConfig, no_process_left, worker_toml
 from tests.waiting import poll
 
@@ -116,19 +116,6 @@ def test_a_stuck_loop_stops_the_watchdog_pings(
     assert daemon.stop() == 0
 
 
-def _pool_children(pid: int) -> list[int]:
-    """Children of ``pid`` that multiprocessing started (a pool's or a local cluster's)."""
-    found = []
-    for child in children_of(pid):
-        try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue  # gone already
-        if b"multiprocessing" in command:
-            found.append(child)
-    return found
-
-
 @pytest.mark.parametrize("strategy", ["process", "dask"])
 def test_sigterm_during_start_up_exits_0_with_no_child_and_no_ready(
     systemd: FakeSystemd, write_config: WriteConfig, start_daemon: StartDaemon, strategy: str
@@ -141,7 +128,12 @@ def test_sigterm_during_start_up_exits_0_with_no_child_and_no_ready(
     daemon = start_daemon(config, env={"NOTIFY_SOCKET": systemd.path})
     # The pool or the cluster is starting: its first children exist, READY is not sent.
     # Its own: the dump reader (and a fork about to exec it) come first, before the pool.
-    poll(lambda: _pool_children(daemon.pid), timeout=20, interval=0.005, what="a pool child")
+    poll(
+        lambda: children_running(daemon.pid, b"multiprocessing"),
+        timeout=20,
+        interval=0.005,
+        what="a pool child",
+    )
     assert not daemon.named("startup")
     daemon.signal(signal.SIGTERM)
     assert daemon.wait_exit(30) == 0
