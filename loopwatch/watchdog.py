@@ -320,12 +320,12 @@ class StallWatchdog:
             if dump is not None:
                 stall.dump = dump
         if verdict.cause == "gil" and verdict.holder is not None:
-            held = self._holder_sample(verdict.holder, stall)
             if not self._dump_caught_loop_in_user_code(stall, blind=late or not sample_loop):
-                return verdict, held
+                return verdict, self._holder_sample(verdict.holder, stall)
             # The loop thread was itself in a call of the user's: a C parser whose
             # collections (gc.callbacks) let the holder take the GIL now and then. The
             # call is the culprit, the holder stays named among the GIL's holders.
+            stall.holders.add(_thread_name(verdict.holder))
         stack = frames.thread_stack(self._loop_ident) if sample_loop else []
         gc_worker = None
         if verdict.cause == "gc" and (late or not stack):
@@ -366,8 +366,7 @@ class StallWatchdog:
         return trigger, worker
 
     def _holder_sample(self, ident: int, stall: Stall) -> Sample:
-        name = next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
-        stall.holders.add(name)
+        stall.holders.add(_thread_name(ident))
         stack = frames.thread_stack(ident)
         worker, fn = POOL_CALLS.get(ident, (None, None))
         code = getattr(unwrap(fn), "__code__", None) if fn is not None else None
@@ -474,6 +473,11 @@ def _definition(fn: Any) -> str | None:
 def _runs(stack: list[str], filename: str, function: str) -> bool:
     """Whether ``function`` of ``filename`` is on ``stack``."""
     return any(line.startswith(filename + ":") and line.endswith(" " + function) for line in stack)
+
+
+def _thread_name(ident: int) -> str:
+    """A live thread's name, else its ident."""
+    return next((t.name for t in threading.enumerate() if t.ident == ident), str(ident))
 
 
 class StackLines(list[str]):
