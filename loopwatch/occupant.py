@@ -11,18 +11,29 @@ held by a stuck loop would stop the watchdog too.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from threading import get_ident
-from types import CodeType, FrameType
+from types import CodeType, FrameType, FunctionType
 from typing import Any
 
 from loopwatch import targets
 
-# Pool thread ident -> (worker, target) of the latest call that thread ran. Kept after
-# the call ends: a call that held the GIL has often returned by the time the watchdog
-# gets the GIL back, and the watchdog still has to name it.
-POOL_CALLS: dict[int, tuple[str, targets.Target]] = {}
+# Pool thread ident -> (worker, code of the target) of the latest call that thread ran.
+# Kept after the call ends: a call that held the GIL has often returned by the time the
+# watchdog gets the GIL back, and the watchdog still has to name it. The code object,
+# not the callable: ``run_sync(big.method)`` must not keep ``big`` alive.
+POOL_CALLS: dict[int, tuple[str, CodeType | None]] = {}
+os.register_at_fork(after_in_child=POOL_CALLS.clear)  # the other threads are gone
+
+
+def code_of(fn: targets.Target) -> CodeType | None:
+    """The code of the function under ``fn``'s partials, decorators and methods, if any."""
+    if type(fn) is FunctionType and "__wrapped__" not in fn.__dict__:
+        return fn.__code__  # the common case, at a fraction of ``unwrap``'s cost
+    code = getattr(targets.unwrap(fn), "__code__", None)
+    return code if isinstance(code, CodeType) else None
 
 
 def run_timed(
@@ -35,7 +46,7 @@ def run_timed(
     Wall-clock time: comparable across the processes of one host and, roughly, hosts.
     """
     started = time.time()
-    POOL_CALLS[get_ident()] = (worker, fn)
+    POOL_CALLS[get_ident()] = (worker, code_of(fn))
     return started, targets.drive(fn, args, kwargs)
 
 

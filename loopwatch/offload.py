@@ -12,32 +12,21 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from loopwatch.threadpool import ThreadPool
+from loopwatch.threadpool import ThreadPool, loop_state
 
 if TYPE_CHECKING:
     # Imported on first use of an Offload: the strategies bring pydantic along, and a
     # first ``run_sync`` in a request handler would pay for that import on the loop
     # (~0.1 s beside two CPU hogs, a stall of its own).
     from loopwatch.strategies.base import Strategy
-    from loopwatch.strategies.thread import ThreadStrategy
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# Threads of a loop's default pool end after this long without work.
-IDLE_TIMEOUT_S = 10.0
-
 _threads = min(32, (os.cpu_count() or 1) + 4)  # as asyncio's default executor
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ThreadPool] = (
-    weakref.WeakKeyDictionary()
-)
-_last: tuple[asyncio.AbstractEventLoop | None, ThreadPool | None] = (None, None)
-# A default pool's strategy, for Offloads given none (its call deadlines are shared).
-_strategies: weakref.WeakKeyDictionary[ThreadPool, ThreadStrategy] = weakref.WeakKeyDictionary()
 
 
 def set_default_threads(max_workers: int) -> None:
@@ -52,32 +41,26 @@ def set_default_threads(max_workers: int) -> None:
 
 
 def default_pool() -> ThreadPool:
-    """The running loop's default thread pool, made on first use.
+    """The running loop's default pool: at most that many of its calls run at once.
 
-    One per loop, like asyncio's default executor; its threads end after
-    ``IDLE_TIMEOUT_S`` without work, so loops that come and go (a test suite) leave
-    no threads behind.
+    One per loop, like asyncio's default executor's limit; the threads themselves are
+    the process's (``loopwatch.threadpool.THREAD_CACHE``), shared by every loop.
     """
-    global _last  # noqa: PLW0603 - a one-entry cache in front of the dict
-    loop = asyncio.get_running_loop()
-    last_loop, pool = _last
-    if loop is last_loop and pool is not None and not pool.closed:
-        return pool
-    pool = _pools.get(loop)
+    state = loop_state(asyncio.get_running_loop())
+    pool = state.default_pool
     if pool is None or pool.closed:
-        pool = _pools[loop] = ThreadPool(
-            _threads, name="loopwatch-run_sync", idle_timeout=IDLE_TIMEOUT_S
-        )
-    _last = (loop, pool)
+        pool = state.default_pool = ThreadPool(_threads, name="loopwatch-run_sync")
     return pool
 
 
 async def run_sync(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """Run ``fn(*args, **kwargs)`` in a thread and return its result: ``asyncio.to_thread``, faster.
 
-    Every argument goes to ``fn``. The caller's context variables are seen in the
-    thread. Exceptions come back as raised. Cancelling the caller drops the result
-    (a call still queued never starts; a running one finishes in its thread). A
+    Every argument goes to ``fn``. The call runs in a copy of the caller's context
+    variables (an empty one when the caller has none): nothing it sets leaks into the
+    next call. Exceptions come back as raised. Cancelling the caller drops the result
+    (a call still queued never starts; a running one finishes in its thread). Calls
+    still running when ``asyncio.run`` ends are waited for, as ``to_thread``'s are. A
     function that returns an awaitable is refused with TypeError rather than handed
     back unrun. For a timeout, a stall-report name or another strategy, use ``Offload``.
     """
@@ -119,8 +102,10 @@ class Offload:
         strategy = self._strategy
         if strategy is None:
             pool = default_pool()
-            strategy = _strategies.get(pool)
-            if strategy is None:
-                strategy = _strategies[pool] = ThreadStrategy(pool=pool)
+            state = loop_state(asyncio.get_running_loop())
+            found = state.default_strategy
+            if not isinstance(found, ThreadStrategy) or found.pool is not pool:
+                found = state.default_strategy = ThreadStrategy(pool=pool)
+            strategy = found
         result: Any = await strategy.call(Call(fn, kwargs, self._name, args), self._timeout)
         return cast("T", result)

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
+from types import CodeType
 from typing import Any
 
 import structlog
@@ -368,13 +369,12 @@ class StallWatchdog:
     def _holder_sample(self, ident: int, stall: Stall) -> Sample:
         stall.holders.add(_thread_name(ident))
         stack = frames.thread_stack(ident)
-        worker, fn = POOL_CALLS.get(ident, (None, None))
-        code = getattr(unwrap(fn), "__code__", None) if fn is not None else None
+        worker, code = POOL_CALLS.get(ident, (None, None))
         if code is None or _runs(stack, code.co_filename, code.co_name):
             culprit = frames.culprit_of(stack) if stack else "unknown"
         else:
             # The call returned before the watchdog got the GIL back: name its target.
-            culprit = _definition(fn) or "unknown"
+            culprit = _where(code)
         return Sample(culprit, worker or None, "gil", stack)
 
     def _task_and_request(self) -> tuple[str | None, str | None]:
@@ -467,7 +467,12 @@ def _summary(fields: dict[str, Any]) -> dict[str, Any]:
 def _definition(fn: Any) -> str | None:
     """``file:line function`` of where ``fn`` is defined, None for builtins."""
     code = getattr(unwrap(fn), "__code__", None)
-    return None if code is None else f"{code.co_filename}:{code.co_firstlineno} {code.co_name}"
+    return None if code is None else _where(code)
+
+
+def _where(code: CodeType) -> str:
+    """``file:line function`` of where ``code`` is defined."""
+    return f"{code.co_filename}:{code.co_firstlineno} {code.co_name}"
 
 
 def _runs(stack: list[str], filename: str, function: str) -> bool:

@@ -1,10 +1,11 @@
-"""The ``thread`` strategy: calls run in loopwatch's own thread pool (``loopwatch.threadpool``)."""
+"""The ``thread`` strategy: calls on loopwatch's thread cache, at most ``max_workers`` at once."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Collection
 from typing import Annotated, Any, Self
 
@@ -17,7 +18,7 @@ from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
 from loopwatch.strategies.pool import Expiry
-from loopwatch.threadpool import ThreadPool
+from loopwatch.threadpool import THREAD_CACHE, PoolClosedError, ThreadPool
 
 log = structlog.get_logger("loopwatch.strategies")
 
@@ -60,7 +61,7 @@ class ThreadStrategy(Strategy):
     async def call(self, call: Call, timeout: float) -> Any:
         try:
             job = self.pool.submit(call.fn, call.args, call.kwargs, worker=call.worker, drive=True)
-        except RuntimeError:
+        except PoolClosedError:
             raise StrategyError("thread pool is closed") from None
         future = job.future
         deadline = math.inf
@@ -86,26 +87,24 @@ class ThreadStrategy(Strategy):
 
     @override
     def gauges(self) -> PoolGauges:
-        pending = self.pool.pending
-        return PoolGauges(
-            self.max_workers, min(pending, self.max_workers), max(0, pending - self.max_workers)
-        )
+        return PoolGauges(self.max_workers, self.pool.active, self.pool.queued)
 
     @override
     async def close_clients(self, owners: Collection[str], timeout: float) -> None:
-        """Each pool thread closes the clients of ``owners`` it made."""
-        runs = self.pool.in_each_thread(functools.partial(resources.close_here, owners), timeout)
+        """Each cache thread closes the clients of ``owners`` it made, a busy one after its call."""
+        runs = THREAD_CACHE.in_each_thread(functools.partial(resources.close_here, owners))
         if not runs:
             return
-        _, busy = await asyncio.wait(runs, timeout=timeout + 1.0)
+        _, busy = await asyncio.wait(
+            [asyncio.wrap_future(run) for run in runs], timeout=timeout + 1.0
+        )
         if not busy:
             return
-        idents = self.pool.thread_idents()
-        stuck = {i: c for i, c in list(resources.CLOSING.items()) if i in idents and c[0] in owners}
+        names = {t.ident: t.name for t in threading.enumerate()}
+        stuck = {i: c for i, c in list(resources.CLOSING.items()) if c[0] in owners}
         for ident, (owner, client, _) in stuck.items():
-            # Its close() hangs: the thread is given up on, so the pool is whole again.
-            name = self.pool.forget(ident)
-            resources.log_stuck(owner, client, name or str(ident), timeout)
+            # Its close() hangs: that thread is left to it (it holds no pool's slot).
+            resources.log_stuck(owner, client, names.get(ident, str(ident)), timeout)
         if len(busy) > len(stuck):
             log.info(
                 "resource_close_deferred",
