@@ -200,3 +200,26 @@ async def test_a_local_cluster_whose_client_fails_is_closed(
     cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in left}
     # multiprocessing's resource tracker stays for the process's life: not the cluster's.
     assert [c for c in cmdlines.values() if b"resource_tracker" not in c] == [], cmdlines
+
+
+def test_a_warm_up_whose_calls_are_cancelled_by_a_close_returns() -> None:
+    # ProcessStrategy.start warms its pool up in a thread; aclose cancels what is still
+    # queued. A cancelled call never wakes concurrent.futures.wait: the warm-up's thread
+    # hung, and asyncio.run's executor shutdown with it (#33: the start-up hang).
+    import concurrent.futures
+    import threading
+
+    from loopwatch.strategies.process import _warm_up
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    release = threading.Event()
+    pool.submit(release.wait, 10)  # the one worker is busy: the warm-up's calls queue
+    warming = threading.Thread(target=_warm_up, args=(pool, 2), daemon=True)
+    warming.start()
+    poll(lambda: pool._work_queue.qsize() == 2, what="the warm-up's calls queued")
+    pool.shutdown(wait=False, cancel_futures=True)
+    warming.join(5)
+    alive = warming.is_alive()
+    release.set()
+    assert not alive, "the warm-up still waits for calls that were cancelled"
+    _warm_up(pool, 2)  # a pool shut down before the warm-up: nothing to start

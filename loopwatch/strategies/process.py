@@ -257,8 +257,21 @@ def _retire_and_warm_up(
 
 
 def _warm_up(pool: concurrent.futures.Executor, n: int) -> None:
-    futures = [pool.submit(targets.noop) for _ in range(n)]
-    concurrent.futures.wait(futures)
+    """Have ``pool`` start its ``n`` children; return once they ran a call, or it closed.
+
+    Not ``concurrent.futures.wait``: a call cancelled by ``shutdown(cancel_futures=True)``
+    never wakes it (only done callbacks are told), and a close during the warm-up
+    would then hold this thread, and the interpreter's exit with it, for good.
+    """
+    ended = threading.Semaphore(0)
+    try:
+        futures = [pool.submit(targets.noop) for _ in range(n)]
+    except RuntimeError:  # shut down before the warm-up began: nothing to start
+        return
+    for future in futures:
+        future.add_done_callback(lambda _: ended.release())
+    for _ in futures:
+        ended.acquire()
 
 
 def _join_processes(processes: list[BaseProcess], timeout_s: float) -> None:
