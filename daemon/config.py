@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import inspect
+import math
 import os
 import pickle
 import stat
@@ -167,12 +168,29 @@ def _known_strategy(name: str) -> str:
 StrategyName = Annotated[str, AfterValidator(_known_strategy)]
 
 
+def _finite(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse inf and nan anywhere in a table of arguments, naming where."""
+    stack: list[tuple[str, object]] = list(value.items())
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where} = {item}: only finite numbers are taken")
+        if isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return value
+
+
+Arguments = Annotated[dict[str, Any], AfterValidator(_finite)]
+
+
 class WorkerConfig(_Model):
     """One ``[[workers]]`` entry: a target called over and over through a strategy."""
 
     name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
     target: ImportPath
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: Arguments = Field(default_factory=dict)
     strategy: StrategyName = "thread"
     concurrency: Annotated[int, Field(ge=1, le=10_000)] = 1
     interval: NonNegativeFloat = 0.0
@@ -181,7 +199,7 @@ class WorkerConfig(_Model):
     # A client made once per thread (process, Dask worker thread; once on the loop for
     # on-loop strategies) by setup(**setup_kwargs); the target gets it as first argument.
     setup: ImportPath | None = None
-    setup_kwargs: dict[str, Any] = Field(default_factory=dict)
+    setup_kwargs: Arguments = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _setup_kwargs_only_with_setup(self) -> Self:

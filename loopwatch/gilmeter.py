@@ -91,7 +91,10 @@ class _ThreadFiles:
 
     def __init__(self, native_id: int) -> None:
         base = f"/proc/self/task/{native_id}/"
-        self.fds = [_LIBC.open((base + name).encode(), os.O_RDONLY) for name in ("stat", "wchan")]
+        self.fds = [
+            _LIBC.open((base + name).encode(), os.O_RDONLY | os.O_CLOEXEC)
+            for name in ("stat", "wchan")
+        ]
 
     def read(self, which: int, buffer: ctypes.Array[ctypes.c_char]) -> bytes:
         fd = self.fds[which]

@@ -234,3 +234,20 @@ async def test_every_call_runs_once_across_a_move() -> None:
     finally:
         await auto.aclose(5.0)
     assert sorted(results) == sorted({i * 1000 + j for i in range(3) for j in range(40)})
+
+
+def test_the_meters_proc_files_are_not_inherited_by_a_child() -> None:
+    # A shell started with os.system inherited two of them (#33).
+    import fcntl
+    import os
+    import threading
+
+    from loopwatch.gilmeter import _ThreadFiles
+
+    files = _ThreadFiles(threading.get_native_id())
+    assert all(fd >= 0 for fd in files.fds)
+    try:
+        assert all(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC for fd in files.fds)
+    finally:
+        for fd in files.fds:
+            os.close(fd)

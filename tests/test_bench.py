@@ -173,5 +173,7 @@ def test_cli_without_matplotlib_skips_the_chart_and_names_the_extra(tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert 'no chart: matplotlib is missing (pip install "loopwatch[bench]")' in result.stderr
     assert "Traceback" not in result.stderr
+    # Where the files go is said first, as an absolute path.
+    assert " ".join(result.stderr.split()).startswith(f"results go to {tmp_path.resolve()} (--out")
     assert not (tmp_path / "bench.png").exists()
     assert (tmp_path / "bench.json").exists()

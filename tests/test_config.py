@@ -399,6 +399,21 @@ def test_non_finite_and_absurd_numbers_are_refused_with_their_key(
     assert any(line.startswith(expected) for line in found), found
 
 
+def test_inf_in_a_workers_kwargs_is_refused_with_its_key(tmp_path: Path) -> None:
+    found = errors_of(tmp_path, worker_toml(kwargs="n = 1, deep = { x = [1.0, inf] }"))
+    assert any(
+        line.startswith("workers[0].kwargs:") and "deep.x[1] = inf" in line for line in found
+    ), found
+
+
+def test_a_gil_meter_sample_interval_it_cannot_afford_is_refused(tmp_path: Path) -> None:
+    found = errors_of(tmp_path, "[executors.auto]\nsample_interval = 1e-9\n")
+    assert any(
+        line.startswith("executors.auto.sample_interval: Input should be greater than or equal to 0.01")
+        for line in found
+    ), found
+
+
 def test_a_worker_interval_of_inf_is_refused(tmp_path: Path) -> None:
     """``interval = inf`` used to run a worker once and print null."""
     found = errors_of(tmp_path, worker_toml(interval=float("inf")))

@@ -53,8 +53,10 @@ def run_bench(args: argparse.Namespace) -> None:
         except (TargetError, json.JSONDecodeError) as exc:
             raise ConfigError(f"bench --target {args.target}: {exc}") from None
         workloads = {"target": (args.target, kwargs, kwargs)}
-    out: Path = args.out
+    out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    # Said before the minutes of measuring: the default is a folder in the current one.
+    console.print(f"results go to {out} (--out DIR to choose)", markup=False)
     rows = (
         []
         if args.overhead
