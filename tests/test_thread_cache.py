@@ -389,7 +389,8 @@ async def test_a_dropped_strategy_leaves_no_thread_behind(monkeypatch: pytest.Mo
 def test_the_standard_librarys_to_thread_tests_pass_with_run_sync(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from test.test_asyncio import test_threads  # type: ignore[import-not-found]
+    # This interpreter's own copy (pyenv's Pythons ship it; Debian's: libpython3-testsuite).
+    test_threads = pytest.importorskip("test.test_asyncio.test_threads")
 
     calls = 0
 
