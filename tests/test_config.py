@@ -409,7 +409,9 @@ def test_inf_in_a_workers_kwargs_is_refused_with_its_key(tmp_path: Path) -> None
 def test_a_gil_meter_sample_interval_it_cannot_afford_is_refused(tmp_path: Path) -> None:
     found = errors_of(tmp_path, "[executors.auto]\nsample_interval = 1e-9\n")
     assert any(
-        line.startswith("executors.auto.sample_interval: Input should be greater than or equal to 0.01")
+        line.startswith(
+            "executors.auto.sample_interval: Input should be greater than or equal to 0.01"
+        )
         for line in found
     ), found
 
