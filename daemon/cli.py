@@ -220,7 +220,7 @@ def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> 
     The interpreter would join them at exit and hang; their calls were counted and
     cancelled already, so they are logged by name and left behind.
     """
-    busy = sorted(RUNNING.values())  # pool threads still in a call: they never hold the exit
+    busy = sorted(name for name, _ in RUNNING.values())  # never hold the exit: daemon threads
     if busy:
         log.warning("shutdown_stragglers", threads=busy)
     stuck = [

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from loopwatch.threadpool import ThreadPool, loop_state
+from loopwatch.threadpool import LoopState, ThreadPool, loop_state
 
 if TYPE_CHECKING:
     # Imported on first use of an Offload: the strategies bring pydantic along, and a
@@ -46,7 +46,10 @@ def default_pool() -> ThreadPool:
     One per loop, like asyncio's default executor's limit; the threads themselves are
     the process's (``loopwatch.threadpool.THREAD_CACHE``), shared by every loop.
     """
-    state = loop_state(asyncio.get_running_loop())
+    return _default_pool(loop_state(asyncio.get_running_loop()))
+
+
+def _default_pool(state: LoopState) -> ThreadPool:
     pool = state.default_pool
     if pool is None or pool.closed:
         pool = state.default_pool = ThreadPool(_threads, name="loopwatch-run_sync")
@@ -101,8 +104,8 @@ class Offload:
 
         strategy = self._strategy
         if strategy is None:
-            pool = default_pool()
             state = loop_state(asyncio.get_running_loop())
+            pool = _default_pool(state)
             found = state.default_strategy
             if not isinstance(found, ThreadStrategy) or found.pool is not pool:
                 found = state.default_strategy = ThreadStrategy(pool=pool)

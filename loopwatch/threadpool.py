@@ -57,8 +57,9 @@ SHUTDOWN_TIMEOUT = 300.0
 IDLE_TIMEOUT = 10.0
 
 _ids = itertools.count(1)
-# Thread ident -> name of every cache thread running a call now (each writes its own).
-RUNNING: dict[int, str] = {}
+# Thread ident -> (name, job) of every cache thread running a call now (each writes its
+# own): what the daemon names at exit, a closing pool and the loop's end wait for.
+RUNNING: dict[int, tuple[str, Job]] = {}
 
 
 class PoolClosedError(RuntimeError):
@@ -123,14 +124,9 @@ class Job:
         """The loop of the caller, for a job not yet settled."""
         return self.future.get_loop()
 
-    def cancelled(self) -> bool:
-        """Whether the caller gave up on the job (true once settled)."""
-        return self.future is None or self.future.cancelled()
-
-    def cancel(self) -> None:
-        """Give up on a job not yet settled: it is dropped, unstarted if still queued."""
-        if self.future is not None:
-            self.future.cancel()
+    def drop_call(self) -> None:
+        """Let go of what the call was made of: it ran, or it never will."""
+        self.fn = self.args = self.kwargs = self.context = None
 
 
 class LoopState:
@@ -190,7 +186,7 @@ class LoopState:
             if not job.abandoned:
                 self.in_flight -= 1
             future = job.future
-            if future is not None and not future.done():
+            if not future.done():
                 if job.ok:
                     future.set_result(job.result)
                 else:
@@ -412,38 +408,32 @@ class ThreadCache:
             worker.wake.release()
         return futures
 
-    def running(self, state: LoopState | None = None) -> list[str]:
-        """``function (thread)`` of each call running now (of ``state``'s loop only if given)."""
+    @staticmethod
+    def running(state: LoopState) -> list[str]:
+        """``function (thread)`` of each call of ``state``'s loop running now."""
         found = []
-        for ident, thread in list(RUNNING.items()):
-            entry = POOL_CALLS.get(ident)
-            code = entry[1] if entry is not None else None
-            name = code.co_qualname if code is not None else "a call"
-            job = _JOBS.get(ident)
-            if state is None or (job is not None and job.state is state):
-                found.append(f"{name} ({thread})")
+        for ident, (thread, job) in list(RUNNING.items()):
+            if job.state is state:
+                entry = POOL_CALLS.get(ident)
+                code = entry[1] if entry is not None else None
+                found.append(f"{code.co_qualname if code is not None else 'a call'} ({thread})")
         return found
 
-
-# Thread ident -> the job it runs now: what a closing pool and the loop's end wait for.
-_JOBS: dict[int, Job] = {}
 
 THREAD_CACHE = ThreadCache()
 
 
 def _run_one(job: Job, ident: int, name: str) -> Job | None:
     """Run ``job`` here (unless it was cancelled while queued); return its pool's next job."""
-    if not job.cancelled():
+    if not job.future.cancelled():
         job.started = perf_counter()
         POOL_CALLS[ident] = (job.worker, code_of(job.fn))  # type: ignore[arg-type]
-        RUNNING[ident] = name
-        _JOBS[ident] = job
+        RUNNING[ident] = (name, job)
         _run(job)
-        del RUNNING[ident], _JOBS[ident]
-    job.fn = job.args = job.kwargs = job.context = None
-    pool = job.pool
+        del RUNNING[ident]
+    job.drop_call()
     job.state.post(job)
-    return pool.next_job()
+    return job.pool.next_job()
 
 
 def _run(job: Job) -> None:
@@ -602,35 +592,30 @@ class ThreadPool:
             queued = list(self._queue)
             self._queue.clear()
         for job in queued:
-            job.cancel()
-            job.fn = job.args = job.kwargs = job.context = None
+            job.future.cancel()
+            job.drop_call()
             job.state.post(job)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.active and loop.time() < deadline:
-            ended = [f for f in self._running_ends(loop) if not f.done()]
+            ends = [self.ended(job) for job in self._running(loop)]
+            ended = [f for f in ends if f is not None and not f.done()]
             if not ended:
                 break
             await asyncio.wait(ended, timeout=deadline - loop.time())
-        self._abandon_running(loop)
-
-    def _running_jobs(self) -> list[Job]:
-        return [j for j in list(_JOBS.values()) if j.pool is self and not j.drained]
-
-    def _running_ends(self, loop: asyncio.AbstractEventLoop) -> list[asyncio.Future[None]]:
-        ends = []
-        for job in self._running_jobs():
-            if job.future is not None and job.future.get_loop() is loop:
-                end = self.ended(job)
-                if end is not None:
-                    ends.append(end)
-        return ends
-
-    def _abandon_running(self, loop: asyncio.AbstractEventLoop) -> None:
-        for job in self._running_jobs():
-            if job.future is not None and job.future.get_loop() is loop and not job.abandoned:
+        for job in self._running(loop):
+            if not job.abandoned:
                 job.abandoned = True
                 job.state.in_flight -= 1
+
+    def _running(self, loop: asyncio.AbstractEventLoop) -> list[Job]:
+        """The calls of ``loop`` running on this pool now, not yet settled."""
+        return [
+            job
+            for _, job in list(RUNNING.values())
+            # No future: settled meanwhile by its loop (another loop's, on its own thread).
+            if job.pool is self and (future := job.future) is not None and future.get_loop() is loop
+        ]
 
 
 def _after_fork_in_child() -> None:
@@ -642,7 +627,6 @@ def _after_fork_in_child() -> None:
     _states = weakref.WeakKeyDictionary()
     _last = None
     RUNNING.clear()
-    _JOBS.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

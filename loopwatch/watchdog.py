@@ -26,10 +26,9 @@ import structlog
 from loopwatch import causes, frames
 from loopwatch.dump import NativeDump, stack_in_dump
 from loopwatch.metrics import WatchMetrics
-from loopwatch.occupant import POOL_CALLS, Occupant
+from loopwatch.occupant import POOL_CALLS, Occupant, code_of
 from loopwatch.probe import LagProbe
 from loopwatch.stall import Sample, Stall, StallEvent
-from loopwatch.targets import unwrap
 from loopwatch.throttle import LogThrottle
 
 log = structlog.get_logger("loopwatch")
@@ -466,7 +465,7 @@ def _summary(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _definition(fn: Any) -> str | None:
     """``file:line function`` of where ``fn`` is defined, None for builtins."""
-    code = getattr(unwrap(fn), "__code__", None)
+    code = code_of(fn)
     return None if code is None else _where(code)
 
 

@@ -80,11 +80,17 @@ async def test_each_call_runs_in_a_copy_of_the_callers_context() -> None:
     assert user.get() == "bob"
 
 
-def test_asyncio_run_waits_for_a_call_still_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("runner", "imports"), [("asyncio.run", ""), ("uvloop.run", "import uvloop")]
+)
+def test_asyncio_run_waits_for_a_call_still_running(
+    tmp_path: Path, runner: str, imports: str
+) -> None:
     out = tmp_path / "written"
-    script = """
+    script = f"""
         import asyncio, sys, threading, time
         from pathlib import Path
+        {imports}
         import loopwatch
 
         started = threading.Event()
@@ -101,34 +107,7 @@ def test_asyncio_run_waits_for_a_call_still_running(tmp_path: Path) -> None:
             call = asyncio.get_running_loop().create_task(loopwatch.run_sync(write, sys.argv[1]))
             await loopwatch.run_sync(started.wait, 10)
 
-        asyncio.run(main())
-    """
-    done = python(script, str(out))
-    assert done.returncode == 0, done.stderr
-    assert out.read_text() == "complete"
-
-
-def test_asyncio_run_waits_for_a_call_on_uvloop_too(tmp_path: Path) -> None:
-    out = tmp_path / "written"
-    script = """
-        import asyncio, sys, threading, time
-        from pathlib import Path
-        import uvloop
-        import loopwatch
-
-        started = threading.Event()
-
-        def write(path):
-            started.set()
-            time.sleep(0.3)
-            Path(path).write_text("complete")
-
-        async def main():
-            global call
-            call = asyncio.get_running_loop().create_task(loopwatch.run_sync(write, sys.argv[1]))
-            await loopwatch.run_sync(started.wait, 10)
-
-        uvloop.run(main())
+        {runner}(main())
     """
     done = python(script, str(out))
     assert done.returncode == 0, done.stderr
