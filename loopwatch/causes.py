@@ -191,6 +191,16 @@ BUSY_SHARE = 0.1
 HOLDER_SHARE = 0.2
 
 
+def busiest_thread(before: Reading, after: Reading) -> tuple[int | None, float]:
+    """The thread other than the loop's that used the most CPU between two readings."""
+    holder, holder_cpu = None, 0.0
+    for ident, cpu in after.thread_cpu_s.items():
+        used = cpu - before.thread_cpu_s.get(ident, 0.0)  # new threads: all of it
+        if used > holder_cpu:
+            holder, holder_cpu = ident, used
+    return holder, holder_cpu
+
+
 def classify(
     before: Reading, after: Reading, gc_s: float, gc_generation: int, *, watchdog_late: bool
 ) -> Verdict:
@@ -205,11 +215,7 @@ def classify(
     if after.loop_queue_s is not None and before.loop_queue_s is not None:
         queue = max(0.0, after.loop_queue_s - before.loop_queue_s)
         queue_span = max(after.queue_at - before.queue_at, 1e-9)
-    holder, holder_cpu = None, 0.0
-    for ident, cpu in after.thread_cpu_s.items():
-        used = cpu - before.thread_cpu_s.get(ident, 0.0)  # new threads: all of it
-        if used > holder_cpu:
-            holder, holder_cpu = ident, used
+    holder, holder_cpu = busiest_thread(before, after)
     evidence: dict[str, Any] = {"loop_cpu_s": loop_cpu, "queue_wait_s": queue}
     if gc_s >= MOST * span:
         return Verdict("gc", gc_s=gc_s, gc_generation=gc_generation, **evidence)

@@ -68,7 +68,7 @@ def stall_line(
         "source": "dump",
         "duration": deadline_s,
         "cause": cause,
-        "culprit": frames.culprit_of(stack) if stack else "unknown",
+        "culprit": frames.culprit_on_loop(stack) if stack else "unknown",
         "holder": f"0x{holder:x}" if holder is not None else None,
         "threads": threads,
         "stack": stack,

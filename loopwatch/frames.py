@@ -88,8 +88,9 @@ def thread_stack(thread_id: int, limit: int = STACK_LIMIT) -> list[str]:
 
 
 def is_user_line(line: str) -> bool:
-    """Whether a ``file:line function`` line is in the user's code."""
-    return is_user_file(line.rpartition(" ")[0].rpartition(":")[0])
+    """Whether a ``file:line function`` line is in the user's code (``unknown`` is not)."""
+    filename = line.rpartition(" ")[0].rpartition(":")[0]
+    return bool(filename) and is_user_file(filename)
 
 
 def culprit_of(stack: Sequence[str]) -> str:
@@ -100,8 +101,21 @@ def culprit_of(stack: Sequence[str]) -> str:
     return stack[-1] if stack else "unknown"
 
 
-# The frames an event loop runs its callbacks from (asyncio's, or a C loop's caller).
+# The frames an event loop runs its callbacks from (asyncio's, or a C loop's caller),
+# by file and function: ``subprocess.run`` is no loop.
 _LOOP_RUNNERS = frozenset({"_run_once", "run_forever", "run_until_complete", "run"})
+_LOOP_FILES = ("/asyncio/base_events.py", "/asyncio/runners.py", "/uvloop/__init__.py")
+
+
+def culprit_on_loop(stack: Sequence[str]) -> str:
+    """The culprit of a loop thread's stack: found below the loop's own frames.
+
+    A loop stuck in a library's code that no line of the user's called (a callback
+    the library scheduled) is that library line, not the ``asyncio.run`` above the loop.
+    A stack with no loop frames (a pool thread's) is ``culprit_of`` it.
+    """
+    below = _below_loop(stack)
+    return culprit_of(below or stack)
 
 
 def running_user_line(loop_stack: Sequence[str]) -> str | None:
@@ -110,10 +124,16 @@ def running_user_line(loop_stack: Sequence[str]) -> str | None:
     None when the loop waits in its selector: the user's lines above the loop (the
     ``asyncio.run`` of a ``main.py``) are no code it runs.
     """
-    start = 0
-    for index, line in enumerate(loop_stack):
-        if line.rpartition(" ")[2] in _LOOP_RUNNERS and not is_user_line(line):
-            start = index + 1
-    below = loop_stack[start:]
+    below = _below_loop(loop_stack)
     line = culprit_of(below)
     return line if below and is_user_line(line) else None
+
+
+def _below_loop(stack: Sequence[str]) -> Sequence[str]:
+    """The frames below the innermost of a loop's own (all of them when there is none)."""
+    start = 0
+    for index, line in enumerate(stack):
+        where, _, function = line.rpartition(" ")
+        if function in _LOOP_RUNNERS and where.rpartition(":")[0].endswith(_LOOP_FILES):
+            start = index + 1
+    return stack[start:]

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, SupportsIndex
 
 import pytest
 
+from loopwatch.host import WatchdogHost
+
 if TYPE_CHECKING:
     from loopwatch.stall import StallEvent
     from loopwatch.watcher import Watcher
@@ -173,6 +175,8 @@ class Session:
         self.allow = allow
         self.current: Watching | None = None
         self.watcher: Watcher | None = None
+        # The watchdog's thread, parked between tests rather than started for each.
+        self.host = WatchdogHost()
         self.blocked: dict[str, list[Finding]] = {}
         self.warned: dict[str, list[Finding]] = {}
         from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only when enabled
@@ -446,7 +450,7 @@ def _watcher(session: Session) -> Watcher:
             dump_after=max(threshold, NATIVE_DUMP_AFTER),
             on_stall=session.stall,
             log_stalls=False,  # the verdict reports them
-            keep_thread=True,
+            host=session.host,
         )
     return session.watcher
 
@@ -548,6 +552,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     watching = config.stash.get(SESSION, None)
     if watching is not None and watching.watcher is not None:
         watching.watcher.watchdog.close()
+        watching.host.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

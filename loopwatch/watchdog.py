@@ -18,18 +18,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from types import CodeType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from loopwatch import causes, frames
+from loopwatch.attribution import Call, Holder, Look, attribute, where
 from loopwatch.dump import NativeDump, stack_in_dump
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import POOL_CALLS, Occupant, code_of
 from loopwatch.probe import LagProbe
 from loopwatch.stall import Sample, Stall, StallEvent
 from loopwatch.throttle import LogThrottle
+
+if TYPE_CHECKING:
+    from loopwatch.host import WatchdogHost
 
 log = structlog.get_logger("loopwatch")
 
@@ -40,8 +43,6 @@ SAMPLE_S = 0.01
 ONGOING_AFTER_S = 0.5
 # The watchdog woke this much later than it asked: some thread held the GIL meanwhile.
 LATE_S = 0.02
-# How often a parked thread without a dump to keep armed looks whether to end.
-REARM_PARKED_S = 1.0
 # Finished stalls kept for a live view (``loopwatch top``), newest last.
 RECENT_STALLS = 20
 # How far up the loop thread's stack a request's middleware frame is looked for.
@@ -65,7 +66,7 @@ class StallWatchdog:
         aggregate_window_s: float = AGGREGATE_WINDOW_S,
         emit: Emit | None = None,
         on_stall: OnStall | None = None,
-        keep_thread: bool = False,
+        host: WatchdogHost | None = None,
         dump_reader: bool = False,
     ) -> None:
         self._probe = probe
@@ -75,12 +76,10 @@ class StallWatchdog:
         # or waiting for the GIL): with its CPU and run-queue times, the loop's busy time
         # where no selector is timed.
         self.offcpu_s = 0.0
-        # Watching many short-lived loops one after another (a test suite): ``stop`` parks
-        # the thread, and keeps the dump armed, for the next ``start``; ``close`` ends it.
-        self._keep_thread = keep_thread
-        self._resume = threading.Event()
-        self._parked = threading.Event()
-        self._closing = False
+        # Watching many short-lived loops one after another (a test suite): a host's
+        # thread runs this watchdog at each ``start`` and parks between them, with the
+        # dump kept armed. Without one, each ``start`` has a thread of its own.
+        self._host = host
         self._metrics = metrics
         self._occupant = occupant
         self._emit = emit if emit is not None else _log_stall
@@ -118,43 +117,50 @@ class StallWatchdog:
             )
             self._dump.keep_armed()  # now: the first call may hold the GIL before we run
         self._metrics.event_loop_stall.set_function(self.current_stall_s)
-        if self._thread is not None and self._thread.is_alive():
+        if self._host is not None:
             if self._dump is not None:
                 self._dump.take()  # a dump written while parked is of no stall of ours
                 self._dump.keep_armed()  # now: the test may hold the GIL before we run
             if self._baseline is not None and self._baseline_thread != self._loop_native_id:
                 self._baseline = None  # another thread's figures: read afresh
-            self._parked.clear()
-            self._resume.set()  # the parked thread watches this loop now
+            self._host.run(self)
             return
-        self._thread = threading.Thread(target=self._run, name="loopwatch-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="loopwatch-watchdog", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop the thread; a stall still in progress and held-back repeats are logged.
+        """Stop watching; a stall still in progress and held-back repeats are logged.
 
-        With ``keep_thread`` the thread is parked, not ended: it has left the loop by the
-        time this returns, and ``start`` sends it to the next one.
+        With a host, its thread has left the loop by the time this returns, and the dump
+        stays armed for the next ``start``; ``close`` ends it.
         """
         self._stopped.set()
-        if self._thread is not None:
-            if self._keep_thread and not self._closing:
-                self._parked.wait(timeout_s)
-            else:
-                self._thread.join(timeout_s)
-                self._thread = None
+        if self._host is not None:
+            self._host.wait_parked(timeout_s)
+        elif self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
         self._gc.uninstall()
-        if self._dump is not None and (self._closing or not self._keep_thread):
+        if self._dump is not None and self._host is None:
             self._dump.close()
             self._dump = None
         self._throttle.flush(force=True)
         self._metrics.event_loop_stall.set_function(lambda: 0.0)
 
     def close(self, timeout_s: float = 1.0) -> None:
-        """End a kept thread (``keep_thread``) and its dump; plain ``stop`` otherwise."""
-        self._closing = True
-        self._resume.set()
+        """Stop, and close a dump kept armed between starts (a hosted watchdog's)."""
         self.stop(timeout_s)
+        if self._dump is not None:
+            self._dump.close()
+            self._dump = None
+
+    def keep_dump_armed(self) -> float | None:
+        """Push the dump's deadline forward; how often to, None without a dump (a host's)."""
+        dump = self._dump
+        if dump is None:
+            return None
+        dump.keep_armed()
+        return dump.rearm_s
 
     def _loop_gone(self) -> None:
         """The watched loop was closed without ``stop``: end watching, report nothing."""
@@ -180,29 +186,15 @@ class StallWatchdog:
         )
         return causes.read(self._loop_ident, self._loop_native_id, threading.get_ident(), reuse)
 
-    def _run(self) -> None:
-        while True:
-            while not self._stopped.is_set():
-                try:
-                    self._watch()
-                except Exception:
-                    # The watchdog must outlive any bug of its own: log it, then go on.
-                    log.exception("watchdog_error")
-                    self._stopped.wait(1.0)
-            if not self._keep_thread or self._closing:
-                return
-            self._park()
-            if self._closing:
-                return
-
-    def _park(self) -> None:
-        """Wait, off any loop, for the next ``start``; the dump stays armed meanwhile."""
-        self._parked.set()
-        every = self._dump.rearm_s if self._dump is not None else REARM_PARKED_S
-        while not self._resume.wait(every):
-            if self._dump is not None:
-                self._dump.keep_armed()
-        self._resume.clear()
+    def run(self) -> None:
+        """Watch until stopped (the body of the watchdog's thread, or of its host's)."""
+        while not self._stopped.is_set():
+            try:
+                self._watch()
+            except Exception:
+                # The watchdog must outlive any bug of its own: log it, then go on.
+                log.exception("watchdog_error")
+                self._stopped.wait(1.0)
 
     def _watch(self) -> None:
         # Resumed on the same thread's next loop (a kept thread), the last figures are
@@ -243,11 +235,8 @@ class StallWatchdog:
             # The first interval starts at the stall's start: back-dated to the first sample.
             begin = stall.start if last is None else prev.at
             # Back before this look: the loop's stack is of what came after.
-            verdict, sample = self._look(prev, reading, stall, begin, sample_loop=not came_back)
-            if came_back and last is not None and sample.culprit.startswith("unknown"):
-                # The last stretch, seen only once over: its cause is known (a collection,
-                # a GIL hold), its code is most likely the last one sampled.
-                sample = Sample(last.culprit, last.worker, verdict.cause, last.stack, last.task)
+            look = self._gather(prev, reading, stall, begin, sampled=not came_back, last=last)
+            verdict, sample = self._attribute(stall, look)
             # Back, the stall ended before this look: maybe long before, when a second
             # stall kept the watchdog off the GIL. Its seconds are the next stall's.
             end = (self._ended_at(stall) or reading.at) if came_back else reading.at
@@ -297,84 +286,74 @@ class StallWatchdog:
             return
         self._reported_beat = long_beat
         stall = Stall(beat=long_beat, start=long_beat + self._probe.resolution_s)
-        verdict, sample = self._look(self._baseline, reading, stall, stall.start, sample_loop=False)
+        look = self._gather(self._baseline, reading, stall, stall.start, sampled=False)
+        verdict, sample = self._attribute(stall, look)
         self._charge(stall, sample, long_lag, verdict)
         stall.fit(long_lag)
         self._report(stall, long_lag, ongoing=False)
 
-    def _look(
+    def _gather(
         self,
         prev: causes.Reading,
         reading: causes.Reading,
         stall: Stall,
         begin: float,
         *,
-        sample_loop: bool = True,
-    ) -> tuple[causes.Verdict, Sample]:
-        """Why the loop was stuck from ``begin`` to ``reading``, and on what."""
+        sampled: bool,
+        last: Sample | None = None,
+    ) -> Look:
+        """Everything ``attribute`` decides the interval from ``begin`` to ``reading`` on."""
         late = reading.at - self._wake_due > LATE_S
         gc_s, generation = self._gc.overlap(prev.at, reading.at)
-        verdict = causes.classify(prev, reading, gc_s, generation, watchdog_late=late)
         if self._dump is not None:
+            # The one place the dump is read: it goes with the stall it was written in.
             dump = self._dump.take(stall.start, self._ended_at(stall) or reading.at)
             if dump is not None:
                 stall.dump = dump
-        if verdict.cause == "gil" and verdict.holder is not None:
-            if not self._dump_caught_loop_in_user_code(stall, blind=late or not sample_loop):
-                return verdict, self._holder_sample(verdict.holder, stall)
-            # The loop thread was itself in a call of the user's: a C parser whose
-            # collections (gc.callbacks) let the holder take the GIL now and then. The
-            # call is the culprit, the holder stays named among the GIL's holders.
-            stall.holders.add(_thread_name(verdict.holder))
-        stack = frames.thread_stack(self._loop_ident) if sample_loop else []
+                stall.dump_stack = tuple(stack_in_dump(dump, self._loop_ident))
+        gc_trigger: tuple[str, ...] = ()
         gc_worker = None
-        if verdict.cause == "gc" and (late or not stack):
-            stack, gc_worker = self._gc_trigger(begin, reading.at, stack)
-        if (late or not stack) and stall.dump is not None:
-            # The watchdog was blind (native code held the GIL): faulthandler was not.
-            stack = stack_in_dump(stall.dump, self._loop_ident) or stack
+        if gc_s > 0:
+            found = self._gc.stack_during(begin, reading.at)
+            if found is not None:
+                gc_trigger = tuple(found[0])
+                if found[1] != self._loop_ident:
+                    gc_worker = POOL_CALLS.get(found[1], (None, None))[0]
         task, request = self._task_and_request()
-        culprit = frames.culprit_of(stack) if stack else unseen_culprit(verdict.cause, late=late)
-        worker = gc_worker or (self._occupant.worker if sample_loop else None)
-        if worker is None or not frames.is_user_line(culprit):
-            # Blind, or the loop moved on: the blocking call that overlapped this interval.
-            last_worker, fn, start, end = self._occupant.last
-            if fn is not None and start <= reading.at and end >= begin:
-                worker = last_worker or None
-                if not frames.is_user_line(culprit):
-                    culprit = _definition(fn) or culprit
-        return verdict, Sample(culprit, worker, verdict.cause, stack, task=task, request=request)
+        last_worker, fn, start, end = self._occupant.last
+        return Look(
+            prev,
+            reading,
+            begin,
+            late=late,
+            sampled=sampled,
+            loop_stack=tuple(frames.thread_stack(self._loop_ident)) if sampled else (),
+            dump_stack=stall.dump_stack,
+            gc_s=gc_s,
+            gc_generation=generation,
+            gc_trigger=gc_trigger,
+            gc_worker=gc_worker,
+            holder=self._holder(prev, reading) if late else None,
+            worker=self._occupant.worker,
+            last_call=None if fn is None else Call(last_worker, _definition(fn), start, end),
+            task=task,
+            request=request,
+            previous=last,
+        )
 
-    def _dump_caught_loop_in_user_code(self, stall: Stall, *, blind: bool) -> bool:
-        """Whether the dump of a stall the watchdog was blind to shows the loop in user code.
-
-        Rather than waiting in its selector (for the GIL a thread of the user held).
-        """
-        if not blind or stall.dump is None:
-            return False
-        return frames.running_user_line(stack_in_dump(stall.dump, self._loop_ident)) is not None
-
-    def _gc_trigger(
-        self, begin: float, end: float, stack: list[str]
-    ) -> tuple[list[str], str | None]:
-        """The stack that set off a collection holding the GIL, and its pool thread's worker."""
-        found = self._gc.stack_during(begin, end)
-        if found is None:
-            return stack, None
-        trigger, thread = found
-        worker = POOL_CALLS.get(thread, (None, None))[0] if thread != self._loop_ident else None
-        return trigger, worker
-
-    def _holder_sample(self, ident: int, stall: Stall) -> Sample:
-        stall.holders.add(_thread_name(ident))
-        stack = frames.thread_stack(ident)
+    def _holder(self, prev: causes.Reading, reading: causes.Reading) -> Holder | None:
+        """The thread that used the most CPU while the watchdog was kept off the GIL."""
+        ident, _ = causes.busiest_thread(prev, reading)
+        if ident is None:
+            return None
         worker, code = POOL_CALLS.get(ident, (None, None))
-        if code is None or _runs(stack, code.co_filename, code.co_name):
-            culprit = frames.culprit_of(stack) if stack else "unknown"
-        else:
-            # The call returned before the watchdog got the GIL back: name its target.
-            culprit = _where(code)
-        return Sample(culprit, worker or None, "gil", stack)
+        stack = tuple(frames.thread_stack(ident))
+        return Holder(_thread_name(ident), stack, worker or None, code)
+
+    def _attribute(self, stall: Stall, look: Look) -> tuple[causes.Verdict, Sample]:
+        found = attribute(look)
+        stall.holders.update(found.holders)
+        return found.verdict, found.sample
 
     def _task_and_request(self) -> tuple[str | None, str | None]:
         loop = self._loop
@@ -444,19 +423,6 @@ class StallWatchdog:
             log.warning("stall_receiver_failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def unseen_culprit(cause: str, *, late: bool) -> str:
-    """The culprit of an interval whose stack nobody could take, in agreement with its cause.
-
-    Only a late watchdog knows that some thread held the GIL; a ``starved`` loop waited
-    for a CPU (the demo's ``cause=starved culprit='unknown (the GIL was held)'`` said both).
-    """
-    if cause == "starved":
-        return "unknown (the loop thread waited for a CPU)"
-    if cause in ("gil", "unknown") and late:
-        return "unknown (the GIL was held)"
-    return "unknown"
-
-
 def _summary(fields: dict[str, Any]) -> dict[str, Any]:
     """A finished stall as ``recent`` keeps it: when it ended, and what held the loop."""
     kept = {k: fields[k] for k in SUMMARY_KEYS if fields.get(k) is not None}
@@ -466,17 +432,7 @@ def _summary(fields: dict[str, Any]) -> dict[str, Any]:
 def _definition(fn: Any) -> str | None:
     """``file:line function`` of where ``fn`` is defined, None for builtins."""
     code = code_of(fn)
-    return None if code is None else _where(code)
-
-
-def _where(code: CodeType) -> str:
-    """``file:line function`` of where ``code`` is defined."""
-    return f"{code.co_filename}:{code.co_firstlineno} {code.co_name}"
-
-
-def _runs(stack: list[str], filename: str, function: str) -> bool:
-    """Whether ``function`` of ``filename`` is on ``stack``."""
-    return any(line.startswith(filename + ":") and line.endswith(" " + function) for line in stack)
+    return None if code is None else where(code)
 
 
 def _thread_name(ident: int) -> str:

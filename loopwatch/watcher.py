@@ -8,7 +8,7 @@ import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -19,6 +19,9 @@ from loopwatch.probe import LagProbe
 from loopwatch.stall import StallEvent
 from loopwatch.utilization import BusyCollector, EstimatedBusyCollector, selector_of
 from loopwatch.watchdog import StallWatchdog
+
+if TYPE_CHECKING:
+    from loopwatch.host import WatchdogHost
 
 log = structlog.get_logger("loopwatch")
 
@@ -78,7 +81,7 @@ class Watcher:
         dump_after: float = 10.0,
         on_stall: Callable[[StallEvent], None] | None = None,
         log_stalls: bool = True,
-        keep_thread: bool = False,
+        host: WatchdogHost | None = None,
         dump_reader: bool = False,
     ) -> None:
         check_settings(resolution, stall_threshold, dump_after)
@@ -95,7 +98,7 @@ class Watcher:
             dump_after_s=dump_after,
             on_stall=self._deliver,
             emit=None if log_stalls else _silent,
-            keep_thread=keep_thread,
+            host=host,
             dump_reader=dump_reader,
         )
         self._busy: BusyCollector | EstimatedBusyCollector | None = None
@@ -173,7 +176,7 @@ class Watcher:
             self._busy = None
 
     def close(self) -> None:
-        """Stop, and end the watchdog thread a ``keep_thread`` watcher parks between loops."""
+        """Stop, and close the native dump a hosted watcher keeps armed between loops."""
         self.stop()
         self.watchdog.close()
 

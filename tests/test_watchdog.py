@@ -424,7 +424,7 @@ def test_a_wait_for_a_cpu_accounted_late_turns_unknown_stretches_starved() -> No
 @pytest.mark.parametrize("late", [True, False])
 def test_an_unseen_culprit_never_contradicts_its_cause(late: bool) -> None:
     """The demo logged cause=starved with "the GIL was held": now starved names the CPU wait."""
-    from loopwatch.watchdog import unseen_culprit
+    from loopwatch.attribution import unseen_culprit
 
     assert "GIL" not in unseen_culprit("starved", late=late)
     assert "CPU" in unseen_culprit("starved", late=late)
