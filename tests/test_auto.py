@@ -251,3 +251,54 @@ def test_the_meters_proc_files_are_not_inherited_by_a_child() -> None:
     finally:
         for fd in files.fds:
             os.close(fd)
+
+
+# Windows as the daemon's ``phases`` target gave them (2 calls at a time, 50 ms each):
+# sleeping, its calls hardly use a CPU and the meter finds them off the GIL's queue;
+# counting, they use it throughout and wait for the GIL most of the time.
+IO_WINDOW = {"cpu": 0.01, "free": 100, "gil": 0}
+CPU_WINDOW = {"cpu": 0.95, "free": 2, "gil": 98}
+
+
+def _replay(strategy: AutoStrategy, windows: list[dict[str, float]], window_s: float) -> list[str]:
+    """Decide on each recorded window in turn, at its own (virtual) time; where it ran."""
+    from loopwatch.strategies.auto import _Caller
+
+    caller = strategy._callers["w"] = _Caller("w", since=0.0, dwell=strategy.min_dwell)
+    caller.reset_window(0.0)
+    ran = []
+    for i, window in enumerate(windows, start=1):
+        wall = 2 * window_s  # two slots busy throughout
+        caller.calls, caller.wall_s, caller.cpu_s = 40, wall, window["cpu"] * wall
+        if caller.strategy == "thread":
+            strategy._meter._free["w"] = int(window["free"])
+            strategy._meter._gil["w"] = int(window["gil"])
+        strategy._decide(caller, i * window_s)
+        ran.append(caller.strategy)
+    return ran
+
+
+def test_a_change_of_phase_moves_once_after_it() -> None:
+    """16 s of I/O, then CPU: one move, to process, only once the CPU phase has begun."""
+    strategy = AutoStrategy(window=2.0, min_dwell=10.0)
+    ran = _replay(strategy, [IO_WINDOW] * 8 + [CPU_WINDOW] * 12, 2.0)
+    assert ran[:8] == ["thread"] * 8
+    assert ran[-1] == "process"
+    assert strategy._callers["w"].switches == 1
+
+
+def test_a_target_that_alternates_every_window_does_not_flap() -> None:
+    """I/O and CPU every other 2 s window, for 40 s: at most there and back."""
+    strategy = AutoStrategy(window=2.0, min_dwell=10.0)
+    _replay(strategy, [IO_WINDOW, CPU_WINDOW] * 10, 2.0)
+    assert strategy._callers["w"].switches <= 2
+
+
+def test_moving_back_soon_doubles_the_dwell() -> None:
+    """Phases of 12 s each way: the first return comes at the dwell, later ones wait longer."""
+    strategy = AutoStrategy(window=2.0, min_dwell=4.0)
+    phases = ([CPU_WINDOW] * 6 + [IO_WINDOW] * 6) * 4
+    ran = _replay(strategy, phases, 2.0)
+    moves = [i for i in range(1, len(ran)) if ran[i] != ran[i - 1]]
+    assert len(moves) >= 2
+    assert strategy._callers["w"].dwell > 4.0

@@ -1,7 +1,7 @@
 """``strategy = "auto"`` in a real daemon: it picks what a careful person would, and says why.
 
-Each test waits for what the daemon reports; only the one about flapping watches a span
-of time, since not moving is its point.
+Each test waits for what the daemon reports, with small windows and dwell: the rule
+itself, hysteresis included, is tested on recorded evidence in ``tests/test_auto.py``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def test_auto_picks_what_a_careful_person_would(
     # How well it then does against hand-picked strategies (lag, calls/s) is measured
     # by benchmarks/auto_vs_hand.py: a figure over a window is a benchmark's, not a test's.
     hand_picked = {name: fit for name, (_, _, fit) in FOUR.items()}
-    text = "[executors.auto]\nwindow = 2.0\n" + four_workers(dict.fromkeys(FOUR, "auto"))
+    text = "[executors.auto]\nwindow = 1.0\nmin_dwell = 1.0\n" + four_workers(
+        dict.fromkeys(FOUR, "auto")
+    )
     auto = start_daemon(write_config(text, "auto.toml"))
     auto.wait_ready()
     poll(
@@ -77,41 +79,31 @@ def _ran_on(daemon: DaemonProcess, worker: str) -> set[str]:
     }
 
 
-def test_auto_follows_a_change_of_phase_and_does_not_flap(
+def test_auto_follows_a_change_of_phase(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
     since = time.time() + 2.0  # the daemon's start-up is not part of the I/O phase
-    text = "[executors.auto]\nwindow = 2.0\nmin_dwell = 10.0\n" + "".join(
-        (
-            worker_toml("phased", "tests.targets:phases", "auto", {"since": since, "io_for": 16.0}),
-            worker_toml(
-                "alternating",
-                "tests.targets:phases",
-                "auto",
-                {"since": since, "io_for": 0.0, "period": 2.0},
-            ),
-        )
+    text = "[executors.auto]\nwindow = 0.5\nmin_dwell = 1.0\n" + worker_toml(
+        "phased", "tests.targets:phases", "auto", {"since": since, "io_for": 3.0}
     )
     daemon = start_daemon(write_config(text))
     daemon.wait_ready()
     switched = daemon.wait_event("strategy_switched", lambda e: e["worker"] == "phased", timeout=45)
     assert switched["to"] == "process"
-    # Moved only once the CPU phase began (16 s after `since`), not during the I/O.
-    assert datetime.fromisoformat(switched["timestamp"]).timestamp() >= since + 16.0
-    time.sleep(max(0.0, since + 40.0 - time.time()))
-    final = decisions(daemon)
+    # Moved only once the CPU phase began, not during the I/O.
+    assert datetime.fromisoformat(switched["timestamp"]).timestamp() >= since + 3.0
+    poll(
+        lambda: "process" in _ran_on(daemon, "phased"),
+        what="calls of the moved worker counted on process",
+    )
     assert daemon.stop() == 0
-    assert final["phased"]["strategy"] == "process"
-    assert final["phased"]["switches"] == 1
-    assert final["alternating"]["switches"] <= 2, final["alternating"]
-    alternating = [e for e in daemon.named("strategy_switched") if e["worker"] == "alternating"]
-    assert len(alternating) <= 2
+    assert len(daemon.named("strategy_switched")) == 1
 
 
 def test_advise_mode_logs_the_decision_and_switches_nothing(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
-    text = '[executors.auto]\nmode = "advise"\nwindow = 1.0\n' + worker_toml(
+    text = '[executors.auto]\nmode = "advise"\nwindow = 1.0\nmin_dwell = 1.0\n' + worker_toml(
         "python", "tests.targets:count", "auto", {"n": 2_000_000}, concurrency=2
     )
     daemon = start_daemon(write_config(text))
