@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 import signal
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
@@ -16,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from loopwatch.daemon import __version__
 from loopwatch.daemon.config import DaemonConfig, load_config
 from loopwatch.daemon.endpoint import MetricsEndpoint
-from loopwatch.daemon.errors import ConfigError, LoopwatchError
+from loopwatch.daemon.errors import ConfigError, LoopwatchError, StrategyError
 from loopwatch.daemon.logs import configure_logging
 from loopwatch.daemon.metrics import Metrics
 from loopwatch.daemon.systemd import Notifier
@@ -33,6 +35,7 @@ FAILURE_LOG_WINDOW_S = 10.0
 # Settings read once at start: a reload reports them instead of applying them.
 # What a start-up failure's log line says to do when its error knows no better.
 DEFAULT_FIX = "fix the cause above, check the config with `loopwatch check`, then restart"
+RESOURCE_FIX = "raise the limit (ulimit -n, LimitNOFILE= or TasksMax= in the unit), then restart"
 RESTART_ONLY = ("daemon", "metrics")
 
 
@@ -121,11 +124,15 @@ class App:
     async def run(self) -> None:
         """Start everything, then tell systemd READY=1; returns while the tasks run on."""
         loop = asyncio.get_running_loop()
-        self.watcher.start(loop)
-        self._spawn(self.ticker.run(), "ticker")
         self._starting = asyncio.current_task()
         try:
-            await self.supervisor.start(self.cfg.workers, self.strategies)
+            try:
+                self.watcher.start(loop)
+                self._spawn(self.ticker.run(), "ticker")
+                await self.supervisor.start(self.cfg.workers, self.strategies)
+            except OSError as exc:
+                # Out of descriptors or processes (EMFILE, EAGAIN): no daemon half started.
+                raise StrategyError(_resource_error(exc), fix=RESOURCE_FIX) from exc
         except LoopwatchError as exc:
             # A strategy could not start (a Dask scheduler down, a factory failing).
             log.error("startup_failed", error=str(exc), fix=exc.fix or DEFAULT_FIX)
@@ -278,3 +285,12 @@ class App:
 
 def _log_task_failed(fields: dict[str, Any]) -> None:
     log.warning("task_failed", **fields)
+
+
+def _resource_error(exc: OSError) -> str:
+    """``exc`` as a start-up failure, with the open files limit when it is the cause."""
+    text = f"cannot start: {exc.strerror or exc}"
+    if exc.errno == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        text += f" (the open files limit, RLIMIT_NOFILE, is {soft})"
+    return text

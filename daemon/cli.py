@@ -27,6 +27,11 @@ from loopwatch.threadpool import RUNNING
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+# Descriptors a daemon takes with no client connected: pipes of the native dump and its
+# reader, a process pool's, the listener, the loop's selector and self-pipe, the GIL
+# meter's /proc files (measured ~20 with one of each); twice that, for some headroom.
+MIN_OPEN_FILES = 64
+FD_LIMIT_FIX = "raise it: ulimit -n, or LimitNOFILE= in the unit (deploy/ sets 4096)"
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: port taken, a strategy cannot start; a restart may succeed
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from restart-looping
 
@@ -176,8 +181,11 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
         faulthandler.enable(file=sys.stderr, all_threads=True)
     except (AttributeError, ValueError, io.UnsupportedOperation):
         faulthandler.enable(file=sys.__stderr__ or 2, all_threads=True)  # stderr replaced
-    _raise_fd_limit()
     log = structlog.get_logger("loopwatch")
+    too_few = _raise_fd_limit()
+    if too_few is not None:
+        log.error("startup_failed", error=too_few, fix=FD_LIMIT_FIX)
+        return EXIT_UNAVAILABLE
     app = build_app(cfg, config_path=path, environ=os.environ)
     try:
         if app.endpoint is not None:
@@ -201,17 +209,22 @@ def _run_daemon(cfg: DaemonConfig, path: Path | None) -> int:
     return code
 
 
-def _raise_fd_limit() -> None:
+def _raise_fd_limit() -> str | None:
     """Raise the soft limit of file descriptors to the hard one (systemd: LimitNOFILE).
 
     Every metrics connection takes a descriptor; the default soft limit of 1024 is the
-    first thing a crowd of slow clients would exhaust.
+    first thing a crowd of slow clients would exhaust. Returns why the daemon cannot
+    run when even the hard limit is below ``MIN_OPEN_FILES``.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < MIN_OPEN_FILES:
+        return f"the open files limit (RLIMIT_NOFILE) is {soft}, below {MIN_OPEN_FILES}"
+    return None
 
 
 def _leave_stragglers(log: structlog.typing.FilteringBoundLogger, code: int) -> None:

@@ -256,8 +256,8 @@ def test_the_meters_proc_files_are_not_inherited_by_a_child() -> None:
 # Windows as the daemon's ``phases`` target gave them (2 calls at a time, 50 ms each):
 # sleeping, its calls hardly use a CPU and the meter finds them off the GIL's queue;
 # counting, they use it throughout and wait for the GIL most of the time.
-IO_WINDOW = {"cpu": 0.01, "free": 100, "gil": 0}
-CPU_WINDOW = {"cpu": 0.95, "free": 2, "gil": 98}
+IO_WINDOW: dict[str, float] = {"cpu": 0.01, "free": 100, "gil": 0}
+CPU_WINDOW: dict[str, float] = {"cpu": 0.95, "free": 2, "gil": 98}
 
 
 def _replay(strategy: AutoStrategy, windows: list[dict[str, float]], window_s: float) -> list[str]:
@@ -266,7 +266,7 @@ def _replay(strategy: AutoStrategy, windows: list[dict[str, float]], window_s: f
 
     caller = strategy._callers["w"] = _Caller("w", since=0.0, dwell=strategy.min_dwell)
     caller.reset_window(0.0)
-    ran = []
+    ran: list[str] = []
     for i, window in enumerate(windows, start=1):
         wall = 2 * window_s  # two slots busy throughout
         caller.calls, caller.wall_s, caller.cpu_s = 40, wall, window["cpu"] * wall

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -186,3 +189,42 @@ def test_7_uvloop_is_selected_by_config(
     wait_tasks(daemon, "cpu", "process")
     assert daemon.stop() == 0
     no_process_left(daemon)
+
+
+def test_too_few_file_descriptors_at_start_exits_69_naming_the_limit(tmp_path: Path) -> None:
+    """``ulimit -n 12``: the native dump's pipe fails. Not a daemon without workers."""
+    config = tmp_path / "loopwatch.toml"
+    config.write_text("[metrics]\nport = 0\n" + WORKERS)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, preexec_fn=low_limit, check=False,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    [failed] = [line for line in done.stderr.splitlines() if "startup_failed" in line]
+    assert "RLIMIT_NOFILE" in failed or "open files" in failed
+    assert "12" in failed
+
+
+def test_running_out_of_file_descriptors_while_starting_exits_69(tmp_path: Path) -> None:
+    """60 process children in 64 descriptors: the pool's start fails, the daemon says why."""
+    config = tmp_path / "loopwatch.toml"
+    config.write_text(
+        "[metrics]\nport = 0\n[executors.process]\nmax_workers = 60\n[[workers]]\n"
+        'name = "cpu"\ntarget = "loopwatch.daemon.workloads:countdown"\nstrategy = "process"\n'
+    )
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, preexec_fn=low_limit, check=False,
+    )  # fmt: skip
+    assert done.returncode == 69, done.stderr[-2000:]
+    [failed] = [line for line in done.stderr.splitlines() if "startup_failed" in line]
+    assert "RLIMIT_NOFILE, is 64" in failed
