@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
+# Two test processes: most tests wait on a daemon, a server or a pool, not on a CPU.
+WORKERS ?= 2
 
 # The newest Python the machine has, for the suite's second run (CI runs both).
 PYTHON_NEXT ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.13*/bin/python3.13) $(shell command -v python3.13 2>/dev/null))
@@ -45,7 +47,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 test: $(VENV)/.installed-dev deps-system lint typecheck
-	$(BIN)/pytest --cov --cov-report=term:skip-covered
+	$(BIN)/pytest -n $(WORKERS) --cov --cov-report=term:skip-covered --durations=20
 
 # The whole of `make test` again on Python 3.13, in a venv of its own.
 test-next:
@@ -54,10 +56,10 @@ test-next:
 
 # Fast tests only (no daemon subprocess, Prometheus or cluster), and the others.
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -m "not integration"
+	$(BIN)/pytest -n $(WORKERS) -m "not integration"
 
 integration: $(VENV)/.installed-dev deps-system
-	$(BIN)/pytest -m integration
+	$(BIN)/pytest -n $(WORKERS) -m integration
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/loopwatch bench --out benchmarks/results

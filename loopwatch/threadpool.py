@@ -52,6 +52,8 @@ log = logging.getLogger("loopwatch")
 
 # Seconds ``asyncio.run`` waits at its end for calls still running, as 3.12+ bounds
 # ``shutdown_default_executor`` (3.11 waits for ever); then it logs them and goes.
+# How long a closing pool waits for threads whose calls ended to free their slots.
+SLOT_FREED_S = 0.05
 SHUTDOWN_TIMEOUT = 300.0
 # Seconds an idle cache thread waits for a call before it ends (trio's figure).
 IDLE_TIMEOUT = 10.0
@@ -601,12 +603,24 @@ class ThreadPool:
             ends = [self.ended(job) for job in self._running(loop)]
             ended = [f for f in ends if f is not None and not f.done()]
             if not ended:
+                await self._slots_freed(deadline)
                 break
             await asyncio.wait(ended, timeout=deadline - loop.time())
         for job in self._running(loop):
             if not job.abandoned:
                 job.abandoned = True
                 job.state.in_flight -= 1
+
+    async def _slots_freed(self, deadline: float) -> None:
+        """Let the threads whose calls this loop saw end free their slots (microseconds).
+
+        A thread posts its call's outcome, then frees its slot: a slot still taken
+        after ``SLOT_FREED_S`` is another loop's call.
+        """
+        loop = asyncio.get_running_loop()
+        until = min(deadline, loop.time() + SLOT_FREED_S)
+        while self.active and loop.time() < until:  # noqa: ASYNC110 - freed off the loop
+            await asyncio.sleep(0.001)  # a wait in the selector: the GIL goes to them
 
     def _running(self, loop: asyncio.AbstractEventLoop) -> list[Job]:
         """The calls of ``loop`` running on this pool now, not yet settled."""

@@ -13,6 +13,13 @@ from tests.daemon_process import DaemonProcess
 from tests.helpers import StartDaemon, WriteConfig, free_port
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/integration is an integration test: no module can forget."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture
 def registry() -> CollectorRegistry:
     """A fresh registry per test."""

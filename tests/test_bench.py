@@ -46,6 +46,7 @@ def test_matrix_covers_every_workload_on_every_strategy() -> None:
     }
 
 
+@pytest.mark.integration
 def test_tiny_cells_measure_what_the_tutorial_claims() -> None:
     """Blocking a CPU loop lags the loop; the process pool does not."""
     tiny = {"cpu": ("loopwatch.daemon.workloads:countdown", {"n": 300_000}, {"n": 300_000})}
@@ -71,6 +72,7 @@ def bench_target(
     return rows, " ".join(result.stderr.split())  # the console wraps long lines
 
 
+@pytest.mark.integration
 def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) -> None:
     """``--target`` runs the applicable strategies, recommends one, writes the files."""
     rows, said = bench_target(
@@ -88,6 +90,7 @@ def test_cli_benchmarks_a_user_target_and_writes_json_and_chart(tmp_path: Path) 
     assert machine["machine"]["cpus"] >= 1
 
 
+@pytest.mark.integration
 def test_bench_and_auto_agree_that_native_code_releasing_the_gil_stays_on_threads(
     tmp_path: Path,
 ) -> None:
@@ -99,6 +102,7 @@ def test_bench_and_auto_agree_that_native_code_releasing_the_gil_stays_on_thread
     assert "lets go of it" in said
 
 
+@pytest.mark.integration
 def test_cli_rejects_a_bad_target(tmp_path: Path) -> None:
     """An unresolvable target is a clear error, exit 78."""
     result = run_loopwatch("bench", "--target", "nowhere:fn", "--out", str(tmp_path))
@@ -160,6 +164,7 @@ def test_recommendation_on_synthetic_measurements(
     assert reason_part in reason
 
 
+@pytest.mark.integration
 def test_cli_without_matplotlib_skips_the_chart_and_names_the_extra(tmp_path: Path) -> None:
     """A plain install has no matplotlib: one line naming ``loopwatch[bench]``, no traceback."""
     no_matplotlib = "import sys; sys.modules['matplotlib'] = None; from loopwatch.daemon.cli import main; main()"

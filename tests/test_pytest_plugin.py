@@ -34,6 +34,7 @@ def corpus_lines() -> dict[str, int]:
     return found
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_the_corpus_blocking_tests_fail_naming_their_line_and_no_fine_one_does(
     pytester: pytest.Pytester,
 ) -> None:
@@ -61,6 +62,7 @@ def test_the_corpus_blocking_tests_fail_naming_their_line_and_no_fine_one_does(
     assert "top culprits:" in output
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_a_failure_names_what_blocked_how_long_where_and_the_stack(
     pytester: pytest.Pytester,
 ) -> None:
@@ -91,6 +93,7 @@ def test_a_failure_names_what_blocked_how_long_where_and_the_stack(
     assert "loopwatch.run_sync" in output  # the fix is named
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_off_unless_asked_and_on_from_the_ini(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_one="import time\nasync def test_x():\n    time.sleep(0.01)\n")
     pytester.makeini(INI)
@@ -99,6 +102,7 @@ def test_off_unless_asked_and_on_from_the_ini(pytester: pytest.Pytester) -> None
     pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(failed=1)
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_the_ini_allow_list_and_the_mark_allow_calls_modules_and_sites(
     pytester: pytest.Pytester,
 ) -> None:
@@ -131,6 +135,7 @@ def test_the_ini_allow_list_and_the_mark_allow_calls_modules_and_sites(
     assert "test_other_call_still_fails" in result.stdout.str()
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_anyio_tests_are_watched_too(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\n")
     pytester.makepyfile(
@@ -158,6 +163,7 @@ def test_anyio_tests_are_watched_too(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)
 
 
+@pytest.mark.integration  # a pytest run in a subprocess
 def test_a_failing_test_keeps_its_own_failure(pytester: pytest.Pytester) -> None:
     pytester.makeini(INI)
     pytester.makepyfile(
