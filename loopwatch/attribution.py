@@ -8,7 +8,8 @@ row of a table (``tests/test_attribution.py``), not a branch in a thread's loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextvars
+from dataclasses import dataclass, replace
 from types import CodeType
 
 from loopwatch import causes, frames
@@ -61,6 +62,7 @@ class Look:
     last_call: Call | None = None
     task: str | None = None
     request: str | None = None
+    context: contextvars.Context | None = None  # the task's
     # What the stall's previous interval was charged to.
     previous: Sample | None = None
 
@@ -116,7 +118,13 @@ def attribute(look: Look) -> Attribution:
         # known (a collection, a GIL hold), its code is most likely the last one sampled.
         return Attribution(verdict, _again(previous, verdict.cause), holders)
     sample = Sample(
-        culprit, worker, verdict.cause, list(stack or look.loop_stack), look.task, look.request
+        culprit,
+        worker,
+        verdict.cause,
+        list(stack or look.loop_stack),
+        look.task,
+        look.request,
+        look.context,
     )
     return Attribution(verdict, sample, holders)
 
@@ -182,9 +190,7 @@ def _holder_sample(holder: Holder) -> Sample:
 
 
 def _again(previous: Sample, cause: causes.Cause) -> Sample:
-    return Sample(
-        previous.culprit, previous.worker, cause, previous.stack, previous.task, previous.request
-    )
+    return replace(previous, cause=cause)
 
 
 def _runs(stack: tuple[str, ...], filename: str, function: str) -> bool:

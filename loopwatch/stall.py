@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from time import perf_counter
 from typing import Any
 
 from loopwatch import causes
@@ -21,6 +23,8 @@ class Sample:
     stack: list[str]
     task: str | None = None
     request: str | None = None
+    # The blocked task's context (``taskcontext``): its current span parents the stall's.
+    context: contextvars.Context | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -87,9 +91,7 @@ class Stall:
             first = self.first.pop(key)
             self.first.setdefault(
                 starved,
-                Sample(
-                    first.culprit, first.worker, "starved", first.stack, first.task, first.request
-                ),
+                replace(first, cause="starved"),
             )
 
     def _hottest(self, key: Key) -> str:
@@ -119,6 +121,8 @@ class Stall:
             run_queue_wait=round(self.queue_wait_s, 4) if self.queue_wait_s > 0 else None,
             gil_holders=tuple(sorted(self.holders)),
             dump=self.dump,
+            started=time.time() - (perf_counter() - self.start),
+            context=top.context,
         )
 
 
@@ -157,8 +161,11 @@ class StallEvent:
     run_queue_wait: float | None = None
     gil_holders: tuple[str, ...] = ()
     dump: str | None = None
-    # time.time() when it was reported.
+    # time.time() when it was reported, and when the stall began.
     at: float = field(default_factory=time.time)
+    started: float = 0.0
+    # The blocked task's context, where it is known: not part of the log line.
+    context: contextvars.Context | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The ``stall`` log event's fields (optional ones only when known)."""

@@ -86,6 +86,10 @@ class BusyCollector(Collector):
     def __init__(self, selector: TimingSelector) -> None:
         self._selector = selector
 
+    def busy_s(self) -> float:
+        """Seconds the loop was busy since its selector was made."""
+        return self._selector.busy_s()
+
     def collect(self) -> Iterator[Any]:
         """The counter's one sample."""
         family = CounterMetricFamily(

@@ -12,6 +12,7 @@ culprit, and the seconds add up to the stall's duration.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 import threading
 import time
@@ -29,6 +30,7 @@ from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import POOL_CALLS, Occupant, code_of
 from loopwatch.probe import LagProbe
 from loopwatch.stall import Sample, Stall, StallEvent
+from loopwatch.taskcontext import context_of
 from loopwatch.throttle import LogThrottle
 
 if TYPE_CHECKING:
@@ -319,7 +321,7 @@ class StallWatchdog:
                 gc_trigger = tuple(found[0])
                 if found[1] != self._loop_ident:
                     gc_worker = POOL_CALLS.get(found[1], (None, None))[0]
-        task, request = self._task_and_request()
+        task, request, context = self._task_and_request()
         last_worker, fn, start, end = self._occupant.last
         return Look(
             prev,
@@ -338,6 +340,7 @@ class StallWatchdog:
             last_call=None if fn is None else Call(last_worker, _definition(fn), start, end),
             task=task,
             request=request,
+            context=context,
             previous=last,
         )
 
@@ -355,22 +358,26 @@ class StallWatchdog:
         stall.holders.update(found.holders)
         return found.verdict, found.sample
 
-    def _task_and_request(self) -> tuple[str | None, str | None]:
+    def _task_and_request(self) -> tuple[str | None, str | None, contextvars.Context | None]:
         loop = self._loop
         if loop is None:
-            return None, None
+            return None, None, None
         try:
             task = asyncio.current_task(loop)
         except RuntimeError:
-            return None, None
+            return None, None, None
         if task is None:
-            return None, None
+            return None, None, None
         coro = task.get_coro()
         name = getattr(coro, "__qualname__", type(coro).__name__)
         request = self._occupant.requests.get(task)
         if request is None and self._occupant.request_frames:
             request = self._request_on_stack()
-        return f"{task.get_name()} ({name})", None if request is None else str(request)
+        named = f"{task.get_name()} ({name})"
+        # A snapshot (O(1)): by the stall's end the task may have left its span.
+        context = context_of(task)
+        snapshot = None if context is None else context.copy()
+        return named, None if request is None else str(request), snapshot
 
     def _request_on_stack(self) -> object | None:
         """The request whose middleware frame is on the loop thread's stack, if any."""

@@ -45,6 +45,24 @@ def check_settings(resolution: float, stall_threshold: float, dump_after: float)
 
 
 _said: set[str] = set()
+# Called with each watcher as it starts watching a loop, and as it stops (on the loop's
+# thread): how ``loopwatch.otel`` reports every watcher of the process.
+_STARTED: list[Callable[[Watcher], None]] = []
+_STOPPED: list[Callable[[Watcher], None]] = []
+
+
+def on_watchers(started: Callable[[Watcher], None], stopped: Callable[[Watcher], None]) -> None:
+    """Call ``started`` with every watcher as it starts, ``stopped`` as it stops."""
+    _STARTED.append(started)
+    _STOPPED.append(stopped)
+
+
+def off_watchers(started: Callable[[Watcher], None], stopped: Callable[[Watcher], None]) -> None:
+    """Undo ``on_watchers``."""
+    with contextlib.suppress(ValueError):
+        _STARTED.remove(started)
+    with contextlib.suppress(ValueError):
+        _STOPPED.remove(stopped)
 
 
 def _say_utilization_estimated(loop: asyncio.AbstractEventLoop) -> None:
@@ -102,6 +120,10 @@ class Watcher:
             dump_reader=dump_reader,
         )
         self._busy: BusyCollector | EstimatedBusyCollector | None = None
+        self._listeners: list[Callable[[StallEvent], None]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # The loop's busy seconds, and when the count began: for utilization elsewhere.
+        self.busy_s: Callable[[], float] | None = None
 
     @property
     def stalls(self) -> int:
@@ -115,10 +137,20 @@ class Watcher:
         """
         return list(self.watchdog.recent)
 
+    def add_stall_listener(self, listener: Callable[[StallEvent], None]) -> None:
+        """Call ``listener`` with each stall too, on the watchdog's thread (as ``on_stall``)."""
+        self._listeners = [*self._listeners, listener]
+
+    def remove_stall_listener(self, listener: Callable[[StallEvent], None]) -> None:
+        """Stop calling ``listener``."""
+        self._listeners = [f for f in self._listeners if f is not listener]
+
     def _deliver(self, event: StallEvent) -> None:
         """Hand a stall to the callback and the iterators (on the watchdog thread)."""
         if self._on_stall is not None:
             self._on_stall(event)
+        for listener in self._listeners:
+            listener(event)
         with self._subscribers_lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
@@ -146,26 +178,33 @@ class Watcher:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Start watching ``loop`` (the running loop when None), from its thread."""
         loop = asyncio.get_running_loop() if loop is None else loop
+        self.loop = loop
         self.probe.start(loop)
         self.watchdog.start(loop)
         selector = selector_of(loop)
+        busy: BusyCollector | EstimatedBusyCollector
         if selector is not None:
-            self._busy = BusyCollector(selector)
+            busy = BusyCollector(selector)
         else:
             watchdog = self.watchdog
-            self._busy = EstimatedBusyCollector(
-                threading.get_native_id(), lambda: watchdog.offcpu_s
-            )
+            busy = EstimatedBusyCollector(threading.get_native_id(), lambda: watchdog.offcpu_s)
             _say_utilization_estimated(loop)
+        self.busy_s = busy.busy_s
         try:
-            self.metrics.registry.register(self._busy)
+            self.metrics.registry.register(busy)
+            self._busy = busy
         except ValueError:
             # Another watcher on this registry exports it already (the pytest plugin's,
             # around a test that watches too): one figure per registry.
             self._busy = None
+        for hook in _STARTED.copy():  # a hook may add or remove one
+            hook(self)
 
     def stop(self) -> None:
         """Stop watching; a stall in progress is logged with what is known of it."""
+        if self.loop is not None:
+            for hook in _STOPPED.copy():
+                hook(self)
         self.watchdog.stop()
         with self._subscribers_lock:
             for subscriber in self._subscribers:
@@ -174,6 +213,8 @@ class Watcher:
         if self._busy is not None:
             self.metrics.registry.unregister(self._busy)
             self._busy = None
+        self.busy_s = None
+        self.loop = None
 
     def close(self) -> None:
         """Stop, and close the native dump a hosted watcher keeps armed between loops."""
