@@ -16,3 +16,25 @@ async def hello() -> dict[str, str]:
 
 
 watched = LoopwatchMiddleware(plain)
+
+
+def _instrumented() -> FastAPI:
+    """``plain`` again, in a process instrumented for OpenTelemetry (SDK, in-memory ends)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from loopwatch.otel import LoopwatchInstrumentor
+
+    LoopwatchInstrumentor().instrument(
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]),
+        tracer_provider=TracerProvider(),
+    )
+    return plain
+
+
+def __getattr__(name: str) -> FastAPI:
+    # ``otel`` instruments the process: only when uvicorn asks for it.
+    if name == "otel":
+        return _instrumented()
+    raise AttributeError(name)

@@ -199,3 +199,29 @@ def test_a_stall_reported_after_its_request_ended_is_still_under_it(otel: Otel) 
     [request] = [s for s in otel.spans.get_finished_spans() if s.name == "GET /quick"]
     assert stall.parent is not None
     assert stall.parent.span_id == request.context.span_id
+
+
+def crunch() -> None:
+    """The user's computing line."""
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+
+
+def test_every_other_culprit_of_a_stall_is_an_event_of_its_span(otel: Otel) -> None:
+    """Two callbacks due together, one computing, one sleeping: one stall, two culprits."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(crunch)
+        loop.call_soon(render_report)
+        await asyncio.sleep(0.8)
+
+    asyncio.run(main())
+    [stall] = otel.stall_spans()
+    # A sample straddling the two may add a stretch: each piece is an event.
+    pieces = [dict(stall.attributes or {})] + [dict(e.attributes or {}) for e in stall.events]
+    assert stall.events
+    assert {e.name for e in stall.events} == {"loopwatch.stall.culprit"}
+    assert {p["code.function.name"] for p in pieces} == {"crunch", "render_report"}
+    assert {p["loopwatch.stall.cause"] for p in pieces} == {"cpu", "wait"}
