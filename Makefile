@@ -40,8 +40,8 @@ deps-system:
 	fi
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check loopwatch daemon tests benchmarks deploy examples
-	$(BIN)/ruff format --check loopwatch daemon tests benchmarks deploy examples
+	$(BIN)/ruff check loopwatch tests benchmarks deploy examples
+	$(BIN)/ruff format --check loopwatch tests benchmarks deploy examples
 
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy

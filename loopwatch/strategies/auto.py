@@ -26,14 +26,13 @@ from typing import Annotated, Any, Literal, Self
 
 import structlog
 from pydantic import Field
-from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.choice import Choice, Evidence, Fit, choose
 from loopwatch.errors import StrategyError
 from loopwatch.gilmeter import GilMeter, Measured
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, Strategy, StrategySettings
+from loopwatch.strategies.base import Call, Strategy, StrategySettings, override
 
 log = structlog.get_logger("loopwatch.strategies")
 

@@ -9,14 +9,25 @@ validation, the daemon's checks and metrics) reads these facts from there.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from loopwatch.occupant import Occupant
 from loopwatch.targets import Target
+
+if sys.version_info >= (3, 12):
+    from typing import override as override  # noqa: PLC0414 - re-exported
+else:  # typing_extensions would be a dependency for a decorator that only marks
+    _F = TypeVar("_F", bound=Callable[..., Any])
+
+    def override(method: _F) -> _F:
+        """``typing.override`` (3.12): for type checkers only."""
+        return method
+
 
 # Called with (worker, strategy, seconds) for every call that started in a pool: the
 # time from submit to start, measured where the call starts.

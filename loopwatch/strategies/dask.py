@@ -21,11 +21,10 @@ from typing import Annotated, Any, Self
 
 import structlog
 from pydantic import Field
-from typing_extensions import override
 
 from loopwatch.errors import MissingExtraError, SchedulerUnavailableError, StrategyError
 from loopwatch.occupant import Occupant, run_timed
-from loopwatch.strategies.base import Call, StrategySettings
+from loopwatch.strategies.base import Call, StrategySettings, override
 from loopwatch.strategies.pool import Expiry, PoolStrategy
 
 SCHEDULER_FIX = "start the Dask scheduler or fix executors.dask.address, then restart"

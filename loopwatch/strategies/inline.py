@@ -9,12 +9,11 @@ from time import perf_counter
 from typing import Annotated, Any, Self
 
 from pydantic import Field
-from typing_extensions import override
 
 from loopwatch import resources, targets
 from loopwatch.errors import CallTimeoutError
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, Strategy, StrategySettings
+from loopwatch.strategies.base import Call, Strategy, StrategySettings, override
 
 
 class _OnLoop(Strategy):

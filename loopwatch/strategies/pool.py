@@ -11,12 +11,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Self
 
-from typing_extensions import override
-
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError, TargetError
 from loopwatch.occupant import Occupant, run_timed
-from loopwatch.strategies.base import Call, PoolGauges, Strategy
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, override
 
 FACTORY_FIX = "fix the executor factory named in the worker's `executor` key, then restart"
 

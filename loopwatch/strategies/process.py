@@ -20,12 +20,11 @@ from typing import Annotated, Any, Literal, Self, cast
 
 import structlog
 from pydantic import Field, model_validator
-from typing_extensions import override
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant, run_timed, run_untimed
-from loopwatch.strategies.base import Call, StrategySettings
+from loopwatch.strategies.base import Call, StrategySettings, override
 from loopwatch.strategies.pool import PoolStrategy
 
 StartMethod = Literal["fork", "spawn", "forkserver"]

@@ -11,12 +11,11 @@ from typing import Annotated, Any, Self
 
 import structlog
 from pydantic import Field
-from typing_extensions import override
 
 from loopwatch import resources
 from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings, override
 from loopwatch.strategies.pool import Expiry
 from loopwatch.threadpool import THREAD_CACHE, PoolClosedError, ThreadPool
 
