@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
 from time import perf_counter
 from typing import Protocol
 
@@ -40,8 +39,9 @@ class LagProbe:
         self._due = self.last_beat
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
-        # Other receivers of each sample (OpenTelemetry's histogram): rarely any.
-        self.observers: tuple[Callable[[float], None], ...] = ()
+        # Buffers that others drain off the loop thread (OpenTelemetry's histogram, at
+        # its collection): an append per sample is all the loop pays. Rarely any.
+        self.buffers: tuple[deque[float], ...] = ()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start sampling on ``loop`` (call from the loop's thread)."""
@@ -80,8 +80,8 @@ class LagProbe:
         if lag < 0.0:  # noqa: PLR1730 - max() costs a call on the hottest path
             lag = 0.0
         self._histogram.observe(lag)
-        for observe in self.observers:
-            observe(lag)
+        for buffer in self.buffers:
+            buffer.append(lag)
         self.recent.append(lag)
         if lag >= self.stall_threshold_s:
             self.last_long_lag = (self.last_beat, lag)
