@@ -38,7 +38,6 @@ if TYPE_CHECKING:
         PoolStrategy,
         ProcessStrategy,
         Strategy,
-        StrategySettings,
         ThreadStrategy,
         build_strategy,
     )
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
 
 # Everything but the errors is imported when first used: the pytest plugin is loaded
 # by every pytest run where loopwatch is installed, and watching alone (``--loopwatch``,
-# a service that only watches) does not need the offload half (pydantic, the pools).
+# a service that only watches) does not need the offload half (the pools).
 _LAZY = {
     "user_code": "loopwatch.frames",
     "WatchMetrics": "loopwatch.metrics",
@@ -104,7 +103,6 @@ __all__ = [
     "StallEvent",
     "Strategy",
     "StrategyError",
-    "StrategySettings",
     "TargetError",
     "ThreadPool",
     "ThreadStrategy",

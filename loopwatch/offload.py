@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from loopwatch.threadpool import LoopState, ThreadPool, loop_state
 
 if TYPE_CHECKING:
-    # Imported on first use of an Offload: the strategies bring pydantic along, and a
-    # first ``run_sync`` in a request handler would pay for that import on the loop
-    # (~0.1 s beside two CPU hogs, a stall of its own).
+    # Imported on first use of an Offload: a first ``run_sync`` in a request handler
+    # would pay for the strategies' import on the loop (with pydantic, when the
+    # strategies carried their settings: 0.28 s, a stall of its own).
     from loopwatch.strategies.base import Strategy
 
 P = ParamSpec("P")

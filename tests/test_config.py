@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from loopwatch.daemon import config as config_module
 from loopwatch.daemon.config import DaemonConfig, default_toml, format_loc, load_config
 from loopwatch.daemon.errors import ConfigError
-from loopwatch.strategies import ThreadStrategy, settings_of
+from loopwatch.daemon.settings import ThreadSettings, settings_of
 from tests.helpers import run_loopwatch, worker_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,7 +243,7 @@ def test_env_overrides_nested_keys_and_list_items(tmp_path: Path) -> None:
     assert cfg.metrics.port == 9400
     assert cfg.metrics.host == "::1"
     assert cfg.workers[0].strategy == "thread"
-    assert settings_of("thread", cfg.executors) == ThreadStrategy.Settings(max_workers=8)
+    assert settings_of("thread", cfg.executors) == ThreadSettings(max_workers=8)
 
 
 def test_env_override_errors_name_the_variable(tmp_path: Path) -> None:

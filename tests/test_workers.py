@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 
 from loopwatch.daemon.config import ExecutorsConfig, WorkerConfig
 from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.strategy_set import StrategySet
 from loopwatch.daemon.workers import WorkerSupervisor, backoff_s, strategy_key
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
 from tests.helpers import registry_value
 from tests.waiting import wait_until

@@ -21,10 +21,10 @@ from loopwatch.daemon.endpoint import MetricsEndpoint
 from loopwatch.daemon.errors import ConfigError, LoopwatchError, StrategyError
 from loopwatch.daemon.logs import configure_logging
 from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.strategy_set import StrategySet
 from loopwatch.daemon.systemd import Notifier
 from loopwatch.daemon.ticker import Ticker
 from loopwatch.daemon.workers import WorkerSupervisor, strategy_key
-from loopwatch.strategies.set import StrategySet
 from loopwatch.throttle import LogThrottle
 from loopwatch.watcher import Watcher
 

@@ -28,8 +28,9 @@ from pydantic import (
 
 from loopwatch import targets
 from loopwatch.daemon.errors import ConfigError
+from loopwatch.daemon.settings import SETTINGS
 from loopwatch.errors import StrategyError, TargetError
-from loopwatch.strategies import STRATEGIES, strategy_class
+from loopwatch.strategies import strategy_class
 
 ENV_PREFIX = "LOOPWATCH_"
 ENV_CONFIG_PATH = "LOOPWATCH_CONFIG"
@@ -149,11 +150,7 @@ else:
         "ExecutorsConfig",
         __base__=StrategySections,
         __doc__=StrategySections.__doc__,
-        **{
-            name: (cls.Settings, cls.Settings())
-            for name, cls in STRATEGIES.items()
-            if cls.Settings is not None
-        },
+        **{name: (model, model()) for name, model in SETTINGS.items()},
     )
 
 

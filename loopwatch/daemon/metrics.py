@@ -19,10 +19,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from loopwatch.daemon import __version__
+from loopwatch.daemon.strategy_set import StrategyKey
 from loopwatch.daemon.worker_stats import Buckets, WorkerCollector
 from loopwatch.metrics import WatchMetrics
 from loopwatch.strategies import Strategy
-from loopwatch.strategies.set import StrategyKey
 
 Pools = Callable[[], Iterable[tuple[StrategyKey, Strategy]]]
 

@@ -17,9 +17,9 @@ import structlog
 from loopwatch import resources, targets
 from loopwatch.daemon.config import WorkerConfig
 from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.strategy_set import StrategyKey, StrategySet
 from loopwatch.errors import CallTimeoutError
 from loopwatch.strategies import Call, Strategy
-from loopwatch.strategies.set import StrategyKey, StrategySet
 from loopwatch.throttle import LogThrottle
 
 log = structlog.get_logger("loopwatch.workers")

@@ -18,7 +18,7 @@ from typing import Any
 from loopwatch.errors import StrategyError
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.auto import AutoStrategy
-from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings
+from loopwatch.strategies.base import Call, PoolGauges, Strategy
 from loopwatch.strategies.dask import DaskStrategy
 from loopwatch.strategies.inline import BlockingStrategy, CooperativeStrategy
 from loopwatch.strategies.pool import ExecutorStrategy, PoolStrategy
@@ -39,10 +39,9 @@ __all__ = [
     "ProcessStrategy",
     "StartMethod",
     "Strategy",
-    "StrategySettings",
     "ThreadStrategy",
     "build_strategy",
-    "settings_of",
+    "strategy_class",
 ]
 
 # Name -> class: everything else about a strategy is read from its class.
@@ -70,30 +69,16 @@ def strategy_class(name: str) -> type[Strategy]:
     return cls
 
 
-def settings_of(name: str, sections: Any) -> StrategySettings | None:
-    """The settings of strategy ``name`` in ``sections`` (attributes by strategy name).
-
-    Its defaults when ``sections`` has none for it; None for a strategy without settings.
-    """
-    cls = strategy_class(name)
-    if cls.Settings is None:
-        return None
-    found = getattr(sections, name, None)
-    return found if isinstance(found, cls.Settings) else cls.Settings()
-
-
 def build_strategy(
-    name: str, sections: Any = None, occupant: Occupant | None = None, factory: str | None = None
+    name: str, settings: Any = None, occupant: Occupant | None = None, factory: str | None = None
 ) -> Strategy:
     """A new, not yet started strategy called ``name``; ``factory`` is for ``executor``.
 
-    ``sections`` holds each strategy's settings as an attribute of its name (the daemon's
-    ``[executors]`` section); missing ones take their defaults. Raises StrategyError when
-    it cannot be built (a factory that fails).
+    ``settings`` is its settings section, validated (``loopwatch.daemon.settings``),
+    None for a strategy that has none. Raises StrategyError when it cannot be built (a
+    factory that fails).
     """
     cls = strategy_class(name)
     return cls.build(
-        settings_of(name, sections),
-        occupant=Occupant() if occupant is None else occupant,
-        factory=factory,
+        settings, occupant=Occupant() if occupant is None else occupant, factory=factory
     )

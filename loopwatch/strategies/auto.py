@@ -22,41 +22,24 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import Annotated, Any, Literal, Self
+from typing import Any, Literal, Self
 
 import structlog
-from pydantic import Field
 
 from loopwatch import targets
 from loopwatch.choice import Choice, Evidence, Fit, choose
 from loopwatch.errors import StrategyError
 from loopwatch.gilmeter import GilMeter, Measured
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, Strategy, StrategySettings, override
+from loopwatch.strategies.base import Call, Strategy, override
+from loopwatch.strategies.process import ProcessStrategy
+from loopwatch.strategies.thread import ThreadStrategy
 
 log = structlog.get_logger("loopwatch.strategies")
 
 Mode = Literal["switch", "advise"]
 # How long a caller's old strategy gets to close the clients ``setup`` made there.
 CLOSE_CLIENTS_S = 2.0
-
-
-class AutoSettings(StrategySettings):
-    """``[executors.auto]``: how ``auto`` decides."""
-
-    # "switch" moves callers; "advise" logs the same decisions and moves nothing.
-    mode: Mode = "switch"
-    # Seconds of evidence per decision.
-    window: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
-    # Decisions in a row that must agree before a caller moves.
-    confirm: Annotated[int, Field(ge=1, le=100)] = 2
-    # Seconds a caller stays where it moved before it may move again (doubled for a
-    # caller that came back to where it was soon after it left).
-    min_dwell: Annotated[float, Field(ge=0, le=86400)] = 20.0
-    # Seconds between looks at the threads running calls (the GIL sampling).
-    # Each sample holds the GIL ~0.3 ms (docs/auto.md): at 10 ms that is 3% of the loop,
-    # at 1e-9 s the meter took the loop from 478k turns/s to 2.5k.
-    sample_interval: Annotated[float, Field(ge=0.01, le=1)] = 0.05
 
 
 @dataclass
@@ -96,7 +79,8 @@ class AutoStrategy(Strategy):
     """
 
     name = "auto"
-    Settings = AutoSettings
+    # Its settings: loopwatch.daemon.settings (the daemon's [executors.auto] section).
+    has_settings = True
     delegates = ("thread", "process")
 
     def __init__(
@@ -127,9 +111,7 @@ class AutoStrategy(Strategy):
 
     @override
     @classmethod
-    def build(
-        cls, settings: AutoSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
         return cls(
             mode=settings.mode,
             window=settings.window,
@@ -231,9 +213,8 @@ class AutoStrategy(Strategy):
         starting = self._starting.get(name)
         if starting is None:
             starting = self._starting[name] = asyncio.get_running_loop().create_future()
-            from loopwatch.strategies import build_strategy  # noqa: PLC0415 - a cycle
-
-            strategy = build_strategy(name, occupant=self._occupant)
+            # Its delegates' own defaults: ThreadStrategy() or ProcessStrategy().
+            strategy: Strategy = ThreadStrategy() if name == "thread" else ProcessStrategy()
             try:
                 await strategy.start()
             except BaseException as exc:

@@ -14,8 +14,6 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
 from loopwatch.occupant import Occupant
 from loopwatch.targets import Target
 
@@ -47,13 +45,6 @@ class Call:
     args: tuple[Any, ...] = ()
 
 
-class StrategySettings(BaseModel):
-    """Base of each strategy's settings (the daemon's ``[executors.<name>]`` section)."""
-
-    # No inf or nan, no unknown keys, no coercion: a settings typo is an error.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
 class PoolGauges(NamedTuple):
     """A pool's saturation: capacity (None when unknown), calls running, calls queued."""
 
@@ -66,8 +57,9 @@ class Strategy(abc.ABC):
     """Runs calls of synchronous targets from the event loop; shared by many callers."""
 
     name: ClassVar[str]
-    # Its settings model; None when it has none.
-    Settings: ClassVar[type[StrategySettings] | None] = None
+    # It has a settings section (the daemon's ``[executors.<name>]``, whose models are
+    # the daemon's: the library imports no validation library).
+    has_settings: ClassVar[bool] = False
     # The target runs on the loop thread (the watchdog's occupant names the worker).
     on_loop: ClassVar[bool] = False
     # The target and its arguments are pickled to another process.
@@ -88,7 +80,7 @@ class Strategy(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Strategy:
-        """A new, not yet started instance from its ``Settings`` (or factory path).
+        """A new, not yet started instance from its settings (or factory path).
 
         Raises StrategyError when it cannot be built.
         """

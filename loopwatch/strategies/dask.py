@@ -17,14 +17,13 @@ import functools
 import logging
 import threading
 from collections.abc import Collection
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
 import structlog
-from pydantic import Field
 
 from loopwatch.errors import MissingExtraError, SchedulerUnavailableError, StrategyError
 from loopwatch.occupant import Occupant, run_timed
-from loopwatch.strategies.base import Call, StrategySettings, override
+from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import Expiry, PoolStrategy
 
 SCHEDULER_FIX = "start the Dask scheduler or fix executors.dask.address, then restart"
@@ -68,19 +67,12 @@ def _cancel_quietly(remote: Any) -> None:
 CONNECT_TIMEOUT_S = 10.0
 
 
-class DaskSettings(StrategySettings):
-    """``[executors.dask]``: a Dask cluster; ``address = ""`` starts an embedded one."""
-
-    address: str = ""
-    n_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
-
-
 class DaskStrategy(PoolStrategy):
     """A Dask ``Client`` executor; ``address = ""`` starts an embedded LocalCluster of processes."""
 
     name = "dask"
-    Settings = DaskSettings
+    # Its settings: loopwatch.daemon.settings (the daemon's [executors.dask] section).
+    has_settings = True
     pickles = True
     requires = ("distributed", "dask")
 
@@ -103,9 +95,7 @@ class DaskStrategy(PoolStrategy):
 
     @override
     @classmethod
-    def build(
-        cls, settings: DaskSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
         return cls(
             address=settings.address,
             n_workers=settings.n_workers,

@@ -6,14 +6,12 @@ import asyncio
 import math
 from collections.abc import Collection, Mapping
 from time import perf_counter
-from typing import Annotated, Any, Self
-
-from pydantic import Field
+from typing import Any, Self
 
 from loopwatch import resources, targets
 from loopwatch.errors import CallTimeoutError
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, Strategy, StrategySettings, override
+from loopwatch.strategies.base import Call, Strategy, override
 
 
 class _OnLoop(Strategy):
@@ -59,14 +57,6 @@ class BlockingStrategy(_OnLoop):
         return result
 
 
-class CooperativeSettings(StrategySettings):
-    """``[executors.cooperative]``: time-sliced generators on the loop."""
-
-    slice: Annotated[float, Field(gt=0, le=86_400.0)] = 0.005
-    # The tutorial's fixed count of safe points between yields; replaces ``slice``.
-    yield_every: Annotated[int, Field(ge=1)] | None = None
-
-
 class CooperativeStrategy(_OnLoop):
     """Drives a generator on the loop, giving the loop back at safe points (its ``yield``s).
 
@@ -78,7 +68,8 @@ class CooperativeStrategy(_OnLoop):
     """
 
     name = "cooperative"
-    Settings = CooperativeSettings
+    # Its settings: loopwatch.daemon.settings (the daemon's [executors.cooperative] section).
+    has_settings = True
     calls = "generator"
 
     def __init__(
@@ -96,9 +87,7 @@ class CooperativeStrategy(_OnLoop):
 
     @override
     @classmethod
-    def build(
-        cls, settings: CooperativeSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
         return cls(slice=settings.slice, yield_every=settings.yield_every, occupant=occupant)
 
     @override

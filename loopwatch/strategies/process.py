@@ -16,34 +16,17 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from time import perf_counter
-from typing import Annotated, Any, Literal, Self, cast
+from typing import Any, Literal, Self, cast
 
 import structlog
-from pydantic import Field, model_validator
 
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant, run_timed, run_untimed
-from loopwatch.strategies.base import Call, StrategySettings, override
+from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import PoolStrategy
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
-
-
-class ProcessSettings(StrategySettings):
-    """``[executors.process]``: the shared process pool."""
-
-    max_workers: Annotated[int, Field(ge=1, le=256)] = 2
-    start_method: StartMethod = "forkserver"
-    # Replace a child after this many calls: bounds what a leaking target can hold.
-    # (Not with start_method = "fork", where the standard library refuses it.)
-    max_tasks_per_child: Annotated[int, Field(ge=1)] | None = None
-
-    @model_validator(mode="after")
-    def _recycling_needs_no_fork(self) -> Self:
-        if self.max_tasks_per_child is not None and self.start_method == "fork":
-            raise ValueError('max_tasks_per_child needs start_method "spawn" or "forkserver"')
-        return self
 
 
 class _Recorded:
@@ -100,7 +83,8 @@ class ProcessStrategy(PoolStrategy):
     """
 
     name = "process"
-    Settings = ProcessSettings
+    # Its settings: loopwatch.daemon.settings (the daemon's [executors.process] section).
+    has_settings = True
     pickles = True
 
     def __init__(
@@ -122,9 +106,7 @@ class ProcessStrategy(PoolStrategy):
 
     @override
     @classmethod
-    def build(
-        cls, settings: ProcessSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
         return cls(
             max_workers=settings.max_workers,
             start_method=settings.start_method,

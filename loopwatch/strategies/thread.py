@@ -7,25 +7,18 @@ import functools
 import math
 import threading
 from collections.abc import Collection
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
 import structlog
-from pydantic import Field
 
 from loopwatch import resources
 from loopwatch.errors import CallTimeoutError, StrategyError
 from loopwatch.occupant import Occupant
-from loopwatch.strategies.base import Call, PoolGauges, Strategy, StrategySettings, override
+from loopwatch.strategies.base import Call, PoolGauges, Strategy, override
 from loopwatch.strategies.pool import Expiry
 from loopwatch.threadpool import THREAD_CACHE, PoolClosedError, ThreadPool
 
 log = structlog.get_logger("loopwatch.strategies")
-
-
-class ThreadSettings(StrategySettings):
-    """``[executors.thread]``: the shared thread pool."""
-
-    max_workers: Annotated[int, Field(ge=1, le=4096)] = 4
 
 
 class ThreadStrategy(Strategy):
@@ -37,7 +30,8 @@ class ThreadStrategy(Strategy):
     """
 
     name = "thread"
-    Settings = ThreadSettings
+    # Its settings: loopwatch.daemon.settings (the daemon's [executors.thread] section).
+    has_settings = True
 
     def __init__(self, *, max_workers: int = 4, pool: ThreadPool | None = None) -> None:
         self.pool = ThreadPool(max_workers) if pool is None else pool
@@ -46,9 +40,7 @@ class ThreadStrategy(Strategy):
 
     @override
     @classmethod
-    def build(
-        cls, settings: ThreadSettings, *, occupant: Occupant, factory: str | None = None
-    ) -> Self:
+    def build(cls, settings: Any, *, occupant: Occupant, factory: str | None = None) -> Self:
         return cls(max_workers=settings.max_workers)
 
     @property

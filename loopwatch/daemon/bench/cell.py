@@ -17,12 +17,12 @@ from prometheus_client import CollectorRegistry
 
 from loopwatch.daemon.config import ExecutorsConfig, WorkerConfig
 from loopwatch.daemon.metrics import Metrics
+from loopwatch.daemon.strategy_set import StrategySet
 from loopwatch.daemon.ticker import Ticker
 from loopwatch.daemon.workers import Worker, strategy_key
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
 from loopwatch.strategies import AutoStrategy, Call
-from loopwatch.strategies.set import StrategySet
 from loopwatch.targets import resolve
 from loopwatch.throttle import LogThrottle
 

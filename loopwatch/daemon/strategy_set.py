@@ -8,8 +8,9 @@ from typing import Any
 
 import structlog
 
+from loopwatch.daemon.settings import settings_of
 from loopwatch.occupant import Occupant
-from loopwatch.strategies import Strategy, build_strategy, settings_of, strategy_class
+from loopwatch.strategies import Strategy, build_strategy, strategy_class
 
 log = structlog.get_logger("loopwatch.strategies")
 
@@ -62,7 +63,9 @@ class StrategySet:
         if strategy is not None:
             return strategy
         delegates = {d: await self._get((d, None)) for d in strategy_class(key[0]).delegates}
-        strategy = build_strategy(key[0], self.settings, self._occupant, key[1])
+        name, factory = key
+        settings = settings_of(name, self.settings)
+        strategy = build_strategy(name, settings, self._occupant, factory)
         strategy.bind(delegates)
         if self._on_build is not None:
             self._on_build(key, strategy)
