@@ -16,7 +16,7 @@ $(BIN)/activate:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[daemon]'
 	touch $@
 
 $(VENV)/.installed-dev: $(BIN)/activate pyproject.toml

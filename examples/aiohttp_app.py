@@ -1,11 +1,14 @@
 """aiohttp: `python -m aiohttp.web examples.aiohttp_app:make_app`. GET /items/1 stalls the loop."""
 
+import logging
 import time
 
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 import loopwatch.aiohttp
+
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # the app's own format
 
 
 async def read_item(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """FastAPI: `uvicorn examples.fastapi_app:app`. GET /items/1 stalls the loop; /fixed/1 does not."""
 
+import logging
 import time
 
 from fastapi import FastAPI
@@ -7,6 +8,7 @@ from prometheus_client import make_asgi_app
 
 import loopwatch.asgi
 
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # the app's own format
 api = FastAPI()
 api.mount("/metrics", make_asgi_app())  # serving metrics stays the app's choice
 

@@ -1,9 +1,12 @@
 """A plain asyncio service watched by loopwatch: a blocking call, then the same call offloaded."""
 
 import asyncio
+import logging
 import time
 
 import loopwatch
+
+logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # the app's own format
 
 
 def slow_lookup(key: str) -> str:

@@ -24,6 +24,7 @@ the client being closed, so the strategy that asked can log it and carry on with
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import signal
 import threading
@@ -33,11 +34,10 @@ from dataclasses import dataclass, field
 from multiprocessing import util
 from typing import Any
 
-import structlog
-
 from loopwatch import targets
+from loopwatch.events import emit
 
-log = structlog.get_logger("loopwatch")
+log = logging.getLogger("loopwatch")
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,15 @@ def _close(owner: str, value: Any) -> None:
     try:
         close()
     except Exception as exc:  # a user's close() may raise anything: say so, go on
-        log.warning("resource_close_failed", worker=owner, error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        emit(
+            log,
+            logging.WARNING,
+            "resource_close_failed",
+            f"{owner}: a client's close() failed: {error}",
+            worker=owner,
+            error=error,
+        )
     finally:
         CLOSING.pop(ident, None)
 
@@ -175,8 +183,11 @@ def close_here_within(owners: Collection[str], timeout: float) -> None:
 
 def log_stuck(owner: str, client: str, thread: str, timeout: float) -> None:
     """Say that a client's close() did not return within ``timeout`` seconds."""
-    log.warning(
+    emit(
+        log,
+        logging.WARNING,
         "resource_close_stuck",
+        f"{owner}: {client}.close() in {thread} did not return within {timeout:g} s; left as it is",
         worker=owner,
         client=client,
         thread=thread,

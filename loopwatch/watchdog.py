@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import sys
 import threading
 import time
@@ -21,11 +22,10 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from loopwatch import causes, frames
 from loopwatch.attribution import Call, Holder, Look, attribute, where
 from loopwatch.dump import NativeDump, stack_in_dump
+from loopwatch.events import emit
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import POOL_CALLS, Occupant, code_of
 from loopwatch.probe import LagProbe
@@ -36,7 +36,7 @@ from loopwatch.throttle import LogThrottle
 if TYPE_CHECKING:
     from loopwatch.host import WatchdogHost
 
-log = structlog.get_logger("loopwatch")
+log = logging.getLogger("loopwatch")
 
 # Repeats of the same culprit within this window become one summary line.
 AGGREGATE_WINDOW_S = 10.0
@@ -195,7 +195,13 @@ class StallWatchdog:
                 self._watch()
             except Exception:
                 # The watchdog must outlive any bug of its own: log it, then go on.
-                log.exception("watchdog_error")
+                emit(
+                    log,
+                    logging.ERROR,
+                    "watchdog_error",
+                    "the stall watchdog failed; it goes on",
+                    exc_info=True,
+                )
                 self._stopped.wait(1.0)
 
     def _watch(self) -> None:
@@ -427,7 +433,14 @@ class StallWatchdog:
         try:
             on_stall(event)
         except Exception as exc:  # the receiver's bug must not stop the watching
-            log.warning("stall_receiver_failed", error=f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            emit(
+                log,
+                logging.WARNING,
+                "stall_receiver_failed",
+                f"a stall receiver failed: {error}",
+                error=error,
+            )
 
 
 def _summary(fields: dict[str, Any]) -> dict[str, Any]:
@@ -448,7 +461,7 @@ def _thread_name(ident: int) -> str:
 
 
 class StackLines(list[str]):
-    """A stack as a list of lines (JSON), that structlog's ConsoleRenderer can print too.
+    """A stack as a list of lines (JSON), that structlog's ConsoleRenderer prints too.
 
     ConsoleRenderer pops ``stack`` and prepends a newline to it, expecting a string.
     """
@@ -459,4 +472,23 @@ class StackLines(list[str]):
 
 
 def _log_stall(fields: dict[str, Any]) -> None:
-    log.warning("stall", **{**fields, "stack": StackLines(fields["stack"])})
+    emit(
+        log,
+        logging.WARNING,
+        "stall",
+        stall_message(fields),
+        **{**fields, "stack": StackLines(fields["stack"])},
+    )
+
+
+def stall_message(fields: dict[str, Any]) -> str:
+    """A stall in one line: how long, why, where, and whose."""
+    still = "still stuck" if fields.get("ongoing") else "stall"
+    text = f"{still}: {fields['duration']:.3f} s ({fields['cause']}) at {fields['culprit']}"
+    for key in ("worker", "request", "task"):
+        if fields.get(key):
+            text += f", {key} {fields[key]}"
+    repeats = fields.get("repeats")
+    if repeats:
+        text += f" (and {repeats} more like it)"
+    return text

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from prometheus_client import CollectorRegistry
 
+from loopwatch.events import emit
 from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
@@ -23,7 +24,7 @@ from loopwatch.watchdog import StallWatchdog
 if TYPE_CHECKING:
     from loopwatch.host import WatchdogHost
 
-log = structlog.get_logger("loopwatch")
+log = logging.getLogger("loopwatch")
 
 
 def check_settings(resolution: float, stall_threshold: float, dump_after: float) -> None:
@@ -70,8 +71,11 @@ def _say_utilization_estimated(loop: asyncio.AbstractEventLoop) -> None:
     kind = type(loop).__module__ + "." + type(loop).__qualname__
     if kind not in _said:
         _said.add(kind)
-        log.info(
+        emit(
+            log,
+            logging.INFO,
             "loop_utilization_estimated",
+            f"loop utilization is estimated on {kind} (not a loopwatch.new_event_loop() loop)",
             loop=kind,
             reason=f"{kind} was not made by loopwatch.new_event_loop(), whose selector is "
             "timed; loopwatch_event_loop_busy_seconds_total is estimated from the loop "
@@ -259,7 +263,8 @@ async def watch(
 ) -> AsyncIterator[Watcher]:
     """Watch the running loop for the duration of the ``async with`` block.
 
-    Stalls are logged as ``stall`` events (structlog, logger ``"loopwatch"``) and the
+    Stalls are logged as ``stall`` events (stdlib ``logging``, logger ``"loopwatch"``,
+    the fields as ``extra``: ``loopwatch.events``) and the
     metrics are registered on ``registry`` (``prometheus_client.REGISTRY`` when None).
     ``on_stall`` receives each stall as a ``StallEvent``, on the watchdog's thread, while
     the loop may still be stuck; ``watcher.stall_events()`` iterates them on the loop.

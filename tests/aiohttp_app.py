@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from aiohttp import web
 from prometheus_client import generate_latest
 
 import loopwatch
 import loopwatch.aiohttp
+from tests.helpers import log_json_lines
 
-structlog.configure(processors=[structlog.processors.JSONRenderer()])
+log_json_lines()  # the app's own log format: loopwatch's stall lines come in it
 
 
 async def read_item(request: web.Request) -> web.Response:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 import loopwatch
 from loopwatch.asgi import LoopwatchMiddleware
+from tests.helpers import log_json_lines
 
-structlog.configure(processors=[structlog.processors.JSONRenderer()])
+log_json_lines()  # the app's own log format: loopwatch's stall lines come in it
 
 api = FastAPI()
 api.mount("/metrics", make_asgi_app())

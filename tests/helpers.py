@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from loopwatch.events import fields_of
 from tests.daemon_process import ROOT, DaemonProcess, session_members
 from tests.waiting import poll
 
@@ -151,3 +156,46 @@ def lag_floor() -> float:
         [sys.executable, "-c", _FLOOR], capture_output=True, text=True, timeout=60, check=True
     )
     return float(out.stdout.strip())
+
+
+@contextlib.contextmanager
+def library_logs() -> Iterator[list[dict[str, Any]]]:
+    """Every event the library logs meanwhile (stdlib ``logging``), as dicts of its fields.
+
+    Shaped as structlog's ``capture_logs`` gives the daemon's: ``event``, the fields,
+    ``log_level``.
+    """
+    found: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            fields = fields_of(record)
+            if fields is not None:
+                found.append({**fields, "log_level": record.levelname.lower()})
+
+    handler = Collect(logging.DEBUG)
+    logger = logging.getLogger("loopwatch")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class JsonLines(logging.Formatter):
+    """An application's JSON log format: one object per record, its ``extra`` fields in it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = fields_of(record) or {"event": record.getMessage()}
+        return json.dumps({**fields, "level": record.levelname.lower()}, default=str)
+
+
+def log_json_lines() -> None:
+    """An app's own logging set-up: JSON lines on stderr, the ``loopwatch`` logger at INFO."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    logging.getLogger().addHandler(handler)
+    logging.getLogger("loopwatch").setLevel(logging.INFO)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 
-import structlog
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
 from loopwatch.asgi import LoopwatchMiddleware
+from tests.helpers import library_logs
 from tests.waiting import poll
 
 
@@ -26,7 +26,7 @@ def test_a_test_client_per_request_leaves_no_thread_and_no_false_stall() -> None
 
     app = LoopwatchMiddleware(api, registry=CollectorRegistry(), stall_threshold=0.1)
     before = watchdogs()
-    with structlog.testing.capture_logs() as logs:
+    with library_logs() as logs:
         for _ in range(50):
             assert TestClient(app).get("/ok").json() == {"ok": True}  # no lifespan: a loop each
         # The last loop is closed too: its watching ends on its own, with no stall.

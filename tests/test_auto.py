@@ -9,13 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import structlog
 
 import loopwatch
 from loopwatch.choice import MOVE_GIL_SHARE, Evidence, choose
 from loopwatch.gilmeter import MEASURING, GilMeter, Measured
 from loopwatch.strategies import AutoStrategy, Call
 from tests import targets
+from tests.helpers import library_logs
 from tests.waiting import wait_until
 
 
@@ -127,7 +127,7 @@ async def _call_until(
 async def test_auto_moves_pure_python_to_a_process_and_keeps_hashing_on_threads() -> None:
     auto = AutoStrategy(window=0.5, confirm=2, min_dwell=0.0)
     try:
-        with structlog.testing.capture_logs() as logs:
+        with library_logs() as logs:
             started = time.monotonic()
             await _call_until(
                 auto,
@@ -157,7 +157,7 @@ async def test_advise_logs_the_decision_and_moves_nothing() -> None:
     auto = AutoStrategy(mode="advise", window=0.5, confirm=2, min_dwell=0.0)
     advice: list[Any] = []
     try:
-        with structlog.testing.capture_logs() as logs:
+        with library_logs() as logs:
             started = time.monotonic()
 
             def advised() -> bool:
@@ -194,7 +194,7 @@ async def test_a_target_a_process_cannot_take_stays_on_threads_and_says_so_once(
             return targets.count(1_000_000)
 
     try:
-        with structlog.testing.capture_logs() as logs:
+        with library_logs() as logs:
             started = time.monotonic()
             ran = await _call_until(
                 auto, "locked", spin_holding, lambda: time.monotonic() - started > 2

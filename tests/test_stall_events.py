@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import structlog
 from prometheus_client import CollectorRegistry
 
 import loopwatch
+from tests.helpers import library_logs
 from tests.waiting import wait_until
 
 
@@ -60,7 +60,7 @@ async def test_a_failing_receiver_does_not_stop_the_watching() -> None:
     def broken(_: loopwatch.StallEvent) -> None:
         raise RuntimeError("receiver bug")
 
-    with structlog.testing.capture_logs() as logs:
+    with library_logs() as logs:
         async with loopwatch.watch(
             CollectorRegistry(), stall_threshold=0.05, dump_after=0, on_stall=broken
         ) as watcher:
@@ -87,7 +87,7 @@ async def test_utilization_estimated_names_the_loop_and_does_not_blame_uvloop() 
     from loopwatch import watcher as watcher_module
 
     watcher_module._said.clear()
-    with structlog.testing.capture_logs() as logs:
+    with library_logs() as logs:
         async with loopwatch.watch(CollectorRegistry()):
             pass
     [said] = [e for e in logs if e["event"] == "loop_utilization_estimated"]

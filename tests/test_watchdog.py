@@ -9,11 +9,10 @@ import json
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 from prometheus_client import CollectorRegistry
 
 from loopwatch import frames
@@ -21,15 +20,16 @@ from loopwatch.daemon.workloads import generated_document
 from loopwatch.occupant import run_timed
 from loopwatch.watcher import Watcher
 from tests import targets as test_targets
+from tests.helpers import library_logs
 from tests.waiting import wait_until
 
-Events = list[MutableMapping[str, Any]]
+Events = list[dict[str, Any]]
 
 
 @pytest.fixture
 def stalls() -> Iterator[Events]:
     """Every ``stall`` event logged during the test (from the watchdog's thread too)."""
-    with structlog.testing.capture_logs() as logs:
+    with library_logs() as logs:
         yield logs
 
 

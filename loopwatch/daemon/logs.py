@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import structlog
 
 from loopwatch.daemon.config import LoggingConfig
+from loopwatch.events import fields_of
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -55,8 +56,12 @@ def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, library_event],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
@@ -68,6 +73,21 @@ def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
     aiorun_log = logging.getLogger("aiorun")
     if not any(isinstance(f, _CleanStopIsNoWarning) for f in aiorun_log.filters):
         aiorun_log.addFilter(_CleanStopIsNoWarning())
+
+
+def library_event(
+    _: Any, __: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A record of the library's (``loopwatch.events``) as the event it logged.
+
+    Its name and fields, as the daemon's own events read: the message is for others.
+    """
+    record = event_dict.get("_record")
+    found = None if record is None else fields_of(record)
+    if found is not None:
+        event_dict.pop("logger", None)
+        event_dict.update(found)
+    return event_dict
 
 
 class _CleanStopIsNoWarning(logging.Filter):

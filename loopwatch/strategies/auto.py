@@ -17,6 +17,7 @@ made on the old strategy are closed by the threads that made them.
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 from collections import Counter
 from collections.abc import Collection, Mapping
@@ -24,18 +25,17 @@ from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, Literal, Self
 
-import structlog
-
 from loopwatch import targets
 from loopwatch.choice import Choice, Evidence, Fit, choose
 from loopwatch.errors import StrategyError
+from loopwatch.events import emit
 from loopwatch.gilmeter import GilMeter, Measured
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.base import Call, Strategy, override
 from loopwatch.strategies.process import ProcessStrategy
 from loopwatch.strategies.thread import ThreadStrategy
 
-log = structlog.get_logger("loopwatch.strategies")
+log = logging.getLogger("loopwatch.strategies")
 
 Mode = Literal["switch", "advise"]
 # How long a caller's old strategy gets to close the clients ``setup`` made there.
@@ -199,10 +199,13 @@ class AutoStrategy(Strategy):
             caller.pickle_s = float("inf")
             error = f"{type(exc).__name__}: {exc}"
             caller.reason = f"stays on thread: a process cannot take it ({error})"
-            log.info(
+            emit(
+                log,
+                logging.INFO,
                 "strategy_advice",
+                f"{key} stays on thread: {caller.reason}",
                 worker=key,
-                **{"from": "thread", "to": "thread"},
+                **_direction("thread", "thread"),
                 reason=caller.reason,
                 mode=self.mode,
             )
@@ -328,10 +331,16 @@ class AutoStrategy(Strategy):
         }
         if evidence.gil_share is not None:
             figures["gil_share"] = round(evidence.gil_share, 3)
-        log.info(
+        moved = f"{old or evidence.strategy} -> {choice.strategy}"
+        if event == "strategy_advice":
+            moved += " (advice)"
+        emit(
+            log,
+            logging.INFO,
             event,
+            f"{caller.key}: {moved}: {choice.reason}",
             worker=caller.key,
-            **{"from": old or evidence.strategy, "to": choice.strategy},
+            **_direction(old or evidence.strategy, choice.strategy),
             reason=choice.reason,
             evidence=figures,
             mode=self.mode,
@@ -361,3 +370,8 @@ def _name_of(fn: targets.Target) -> str:
     inner = targets.unwrap(fn)
     module = getattr(inner, "__module__", None) or "?"
     return f"{module}.{getattr(inner, '__qualname__', type(inner).__qualname__)}"
+
+
+def _direction(source: str, target: str) -> dict[str, Any]:
+    """The ``from`` and ``to`` fields of a decision (``from`` is a keyword)."""
+    return {"from": source, "to": target}

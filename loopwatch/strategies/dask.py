@@ -19,16 +19,15 @@ import threading
 from collections.abc import Collection
 from typing import Any, Self
 
-import structlog
-
 from loopwatch.errors import MissingExtraError, SchedulerUnavailableError, StrategyError
+from loopwatch.events import emit
 from loopwatch.occupant import Occupant, run_timed
 from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import Expiry, PoolStrategy
 
 SCHEDULER_FIX = "start the Dask scheduler or fix executors.dask.address, then restart"
 
-log = structlog.get_logger("loopwatch.dask")
+log = logging.getLogger("loopwatch.dask")
 
 
 def _settle(local: concurrent.futures.Future[Any], remote: Any) -> None:
@@ -120,7 +119,14 @@ class DaskStrategy(PoolStrategy):
             raise SchedulerUnavailableError(
                 f"cannot reach Dask scheduler {self._address!r}: {exc}", fix=SCHEDULER_FIX
             ) from exc
-        log.info("dask_connected", scheduler=self.address, embedded=self._cluster is not None)
+        emit(
+            log,
+            logging.INFO,
+            "dask_connected",
+            f"connected to the Dask scheduler {self.address}",
+            scheduler=self.address,
+            embedded=self._cluster is not None,
+        )
 
     def _connect(self) -> None:
         try:
@@ -191,9 +197,22 @@ class DaskStrategy(PoolStrategy):
                 with contextlib.suppress(Exception):
                     old.close(timeout=1)
             self._connect()
-            log.info("dask_reconnected", scheduler=self.address)
+            emit(
+                log,
+                logging.INFO,
+                "dask_reconnected",
+                f"reconnected to the Dask scheduler {self.address}",
+                scheduler=self.address,
+            )
         except (OSError, TimeoutError) as exc:
-            log.warning("dask_reconnect_failed", scheduler=self._address, error=repr(exc))
+            emit(
+                log,
+                logging.WARNING,
+                "dask_reconnect_failed",
+                f"could not reconnect to the Dask scheduler {self._address}: {exc!r}",
+                scheduler=self._address,
+                error=repr(exc),
+            )
         finally:
             self._reconnecting = False
 
@@ -212,5 +231,12 @@ class DaskStrategy(PoolStrategy):
             try:
                 part.close(timeout=max(timeout_s, 1.0))
             except Exception as exc:  # a dead scheduler makes close fail: still go on
-                log.warning("dask_close_failed", part=type(part).__name__, error=repr(exc))
+                emit(
+                    log,
+                    logging.WARNING,
+                    "dask_close_failed",
+                    f"closing the Dask {type(part).__name__} failed: {exc!r}",
+                    part=type(part).__name__,
+                    error=repr(exc),
+                )
         self._client = self._cluster = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import select
@@ -18,10 +19,9 @@ from multiprocessing.process import BaseProcess
 from time import perf_counter
 from typing import Any, Literal, Self, cast
 
-import structlog
-
 from loopwatch import targets
 from loopwatch.errors import CallTimeoutError, StrategyError
+from loopwatch.events import emit
 from loopwatch.occupant import Occupant, run_timed, run_untimed
 from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import PoolStrategy
@@ -51,7 +51,7 @@ class _Recorded:
         return getattr(self._context, name)
 
 
-log = structlog.get_logger("loopwatch.strategies")
+log = logging.getLogger("loopwatch.strategies")
 
 
 def _init_pool_child(daemon_pid: int) -> None:
@@ -198,7 +198,13 @@ class ProcessStrategy(PoolStrategy):
                 return  # another call already replaced it
             if self.closed:
                 return  # closing: a broken pool is not rebuilt (the caller's error stands)
-            log.warning("process_pool_replaced", reason=reason)
+            emit(
+                log,
+                logging.WARNING,
+                "process_pool_replaced",
+                f"the process pool was replaced: {reason}",
+                reason=reason,
+            )
             self.pool = self._new_pool()
             # Both off the loop: shutting a broken pool down can block for seconds
             # (seen on 3.12, waiting on its manager thread), starting children ~0.15 s.
@@ -261,6 +267,13 @@ def _join_processes(processes: list[BaseProcess], timeout_s: float) -> None:
         process.join(max(0.0, deadline - perf_counter()))
     for process in processes:
         if process.is_alive():
-            log.warning("process_killed", pid=process.pid, reason="still busy at shutdown")
+            emit(
+                log,
+                logging.WARNING,
+                "process_killed",
+                f"killed pool process {process.pid}: still busy at shutdown",
+                pid=process.pid,
+                reason="still busy at shutdown",
+            )
             process.kill()
             process.join(1.0)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import threading
 from collections.abc import Collection
 from typing import Any, Self
 
-import structlog
-
 from loopwatch import resources
 from loopwatch.errors import CallTimeoutError, StrategyError
+from loopwatch.events import emit
 from loopwatch.occupant import Occupant
 from loopwatch.strategies.base import Call, PoolGauges, Strategy, override
 from loopwatch.strategies.pool import Expiry
 from loopwatch.threadpool import THREAD_CACHE, PoolClosedError, ThreadPool
 
-log = structlog.get_logger("loopwatch.strategies")
+log = logging.getLogger("loopwatch.strategies")
 
 
 class ThreadStrategy(Strategy):
@@ -97,8 +97,11 @@ class ThreadStrategy(Strategy):
             # Its close() hangs: that thread is left to it (it holds no pool's slot).
             resources.log_stuck(owner, client, names.get(ident, str(ident)), timeout)
         if len(busy) > len(stuck):
-            log.info(
+            emit(
+                log,
+                logging.INFO,
                 "resource_close_deferred",
+                f"{len(busy) - len(stuck)} pool thread(s) busy: each closes its clients after it",
                 workers=sorted(owners),
                 threads=len(busy) - len(stuck),
                 reason="pool threads busy with calls: each closes its clients after its call",

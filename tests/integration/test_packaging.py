@@ -42,7 +42,7 @@ def venv_with(path: Path, *installs: list[str]) -> Path:
 def test_installs_next_to_python_daemon_in_either_order(
     order: str, wheel: Path, tmp_path: Path
 ) -> None:
-    ours, theirs = [str(wheel)], ["python-daemon"]
+    ours, theirs = [f"loopwatch[daemon] @ {wheel.as_uri()}"], ["python-daemon"]
     installs = (theirs, ours) if order == "python-daemon first" else (ours, theirs)
     python = venv_with(tmp_path / "venv", *installs)
     # Run from an empty directory: the source tree's own daemon/ folder must not be seen.
