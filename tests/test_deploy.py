@@ -116,7 +116,7 @@ def test_dashboard_lists_services_that_embed_the_library() -> None:
     """The job and instance pickers read a series every watched loop exports, not the daemon's."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from loopwatch import WatchMetrics
+    from loopwatch.metrics import WatchMetrics
 
     registry = CollectorRegistry()
     WatchMetrics.on(registry)
