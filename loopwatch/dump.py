@@ -10,7 +10,6 @@ program that uses ``dump_traceback_later`` itself should set ``dump_after = 0``.
 from __future__ import annotations
 
 import contextlib
-import faulthandler
 import fcntl
 import json
 import math
@@ -21,7 +20,7 @@ import sys
 from collections import deque
 from time import perf_counter
 
-from loopwatch import frames
+from loopwatch import dumptimer, frames
 
 # Re-arming costs ~56 us: once a second is enough, the deadline moves by at most that
 # (by half of dump_after when that is shorter).
@@ -55,6 +54,7 @@ class NativeDump:
             # Never block: not the C writer on a full pipe, not the watchdog reading.
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
         self._armed_at = -math.inf
+        self.held = dumptimer.claim(self)
         # When the dumps armed lately fire (perf_counter): a re-arm after a dump, before
         # it was read, must not pass for the time it was written.
         self._dues: deque[float] = deque(maxlen=8)
@@ -88,15 +88,13 @@ class NativeDump:
         now = perf_counter()
         if now - self._armed_at >= self.rearm_s:
             # + one re-arm period: the deadline was set up to that long before the stall.
-            faulthandler.dump_traceback_later(
-                self.after_s + self.rearm_s, repeat=False, file=self._write_fd
-            )
+            dumptimer.arm(self, self.after_s + self.rearm_s, self._write_fd)
             self._armed_at = now
             self._dues.append(now + self.after_s + self.rearm_s)
 
     def disarm(self) -> None:
         """Cancel the pending dump; the next ``keep_armed`` arms it again."""
-        faulthandler.cancel_dump_traceback_later()
+        dumptimer.cancel(self)
         self._armed_at = -math.inf
 
     def take(self, start: float = -math.inf, end: float = math.inf) -> str | None:
@@ -127,7 +125,7 @@ class NativeDump:
 
     def close(self) -> None:
         """Cancel the dump, close the pipes; the reader sees its stdin close and ends."""
-        faulthandler.cancel_dump_traceback_later()
+        dumptimer.cancel(self, release=True)
         for fd in (self._write_fd, self._read_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)

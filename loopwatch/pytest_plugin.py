@@ -156,6 +156,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not threshold > 0:
         raise pytest.UsageError(f"--loopwatch-threshold must be > 0 seconds, got {threshold}")
     session = Session(threshold, list(config.getini("loopwatch_allow")))
+    # faulthandler has one timer per process: pytest's faulthandler_timeout keeps it.
+    session.native_dump = not _faulthandler_timeout(config)
     config.stash[SESSION] = session
     sys.addaudithook(session.audit)
 
@@ -175,6 +177,9 @@ class Session:
         self.allow = allow
         self.current: Watching | None = None
         self.watcher: Watcher | None = None
+        # Name a native hold's line from faulthandler's dump (not when pytest's own
+        # faulthandler_timeout has the process's one timer).
+        self.native_dump = True
         # The watchdog's thread, parked between tests rather than started for each.
         self.host = WatchdogHost()
         self.blocked: dict[str, list[Finding]] = {}
@@ -447,7 +452,7 @@ def _watcher(session: Session) -> Watcher:
             # blinds every Python thread: faulthandler's dump, from C, names its line.
             # Not sooner: a dump reads other threads' states without the GIL, and a test
             # suite's threads come and go (measured: a 0.1 s dump crashed one run in ten).
-            dump_after=max(threshold, NATIVE_DUMP_AFTER),
+            dump_after=max(threshold, NATIVE_DUMP_AFTER) if session.native_dump else 0,
             on_stall=session.stall,
             log_stalls=False,  # the verdict reports them
             host=session.host,
@@ -593,3 +598,13 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
             write(f"  {entry['tests']} test(s)  {entry['culprit']}")
     if watching.warned:
         write(f"{len(watching.warned)} test(s) had near-threshold stalls the machine caused")
+
+
+def _faulthandler_timeout(config: pytest.Config) -> float:
+    """Pytest's ``faulthandler_timeout`` (0 when unset, or without its faulthandler plugin)."""
+    if not config.pluginmanager.has_plugin("faulthandler"):
+        return 0.0
+    try:
+        return float(config.getini("faulthandler_timeout") or 0)
+    except (ValueError, KeyError):
+        return 0.0

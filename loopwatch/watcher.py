@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -151,10 +152,19 @@ class Watcher:
 
     def _deliver(self, event: StallEvent) -> None:
         """Hand a stall to the callback and the iterators (on the watchdog thread)."""
-        if self._on_stall is not None:
-            self._on_stall(event)
-        for listener in self._listeners:
-            listener(event)
+        first = [] if self._on_stall is None else [self._on_stall]
+        for receiver in [*first, *self._listeners]:
+            try:
+                receiver(event)
+            except Exception as exc:  # one receiver's bug must not keep it from the others
+                error = f"{type(exc).__name__}: {exc}"
+                emit(
+                    log,
+                    logging.WARNING,
+                    "stall_receiver_failed",
+                    f"a stall receiver failed: {error}",
+                    error=error,
+                )
         with self._subscribers_lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:
@@ -270,16 +280,47 @@ async def watch(
     the loop may still be stuck; ``watcher.stall_events()`` iterates them on the loop.
     Raises ValueError naming a setting that is not finite or out of range. On exit,
     including by cancellation, watching stops and a stall in progress is logged.
+
+    A loop is watched once: a second ``watch()`` on a loop that one watches already (a
+    library and the application both watching) shares that watcher, whose settings and
+    registry stay the first's; each user's ``on_stall`` gets every stall, and watching
+    stops when the last user leaves.
     """
-    watcher = Watcher(
-        registry=registry,
-        resolution=resolution,
-        stall_threshold=stall_threshold,
-        dump_after=dump_after,
-        on_stall=on_stall,
-    )
-    watcher.start()
+    check_settings(resolution, stall_threshold, dump_after)
+    loop = asyncio.get_running_loop()
+    shared = _SHARED.get(loop)
+    if shared is None:
+        watcher = Watcher(
+            registry=registry,
+            resolution=resolution,
+            stall_threshold=stall_threshold,
+            dump_after=dump_after,
+        )
+        watcher.start(loop)
+        shared = _SHARED[loop] = _Shared(watcher)
+    shared.users += 1
+    if on_stall is not None:
+        shared.watcher.add_stall_listener(on_stall)
     try:
-        yield watcher
+        yield shared.watcher
     finally:
-        watcher.stop()
+        if on_stall is not None:
+            shared.watcher.remove_stall_listener(on_stall)
+        shared.users -= 1
+        if not shared.users:
+            del _SHARED[loop]
+            shared.watcher.stop()
+
+
+class _Shared:
+    """The watcher of a loop and how many ``watch()`` blocks use it now."""
+
+    __slots__ = ("users", "watcher")
+
+    def __init__(self, watcher: Watcher) -> None:
+        self.watcher = watcher
+        self.users = 0
+
+
+# Loop -> its watch() watcher: one per loop, however many users.
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared] = weakref.WeakKeyDictionary()

@@ -200,3 +200,19 @@ def test_near_threshold_stalls_the_machine_caused_are_warnings(
     [finding] = watch.findings
     assert isinstance(finding, Finding)
     assert finding.noise is noise
+
+
+@pytest.mark.integration  # a pytest run in a subprocess
+def test_pytests_faulthandler_timeout_still_fires_with_the_plugin_on(
+    pytester: pytest.Pytester,
+) -> None:
+    """faulthandler has one timer per process: with faulthandler_timeout set, it is pytest's."""
+    pytester.makepyfile(
+        test_two="import asyncio, time\n"
+        "async def test_watched():\n    await asyncio.sleep(0)\n"
+        "def test_hangs():\n    time.sleep(2.5)\n"
+    )
+    pytester.makeini(INI + "faulthandler_timeout = 1\n")
+    result = pytester.runpytest_subprocess("--loopwatch", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    assert "Timeout (0:00:01)!" in result.stderr.str()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from prometheus_client import CollectorRegistry
@@ -95,3 +96,31 @@ async def test_utilization_estimated_names_the_loop_and_does_not_blame_uvloop() 
     assert said["reason"].startswith(said["loop"])
     assert "uvloop" not in said["reason"]
     assert "--loop loopwatch:new_event_loop" in said["fix"]
+
+
+async def test_two_watch_users_share_one_watcher_and_both_get_every_stall() -> None:
+    """A library and the application both call watch(): the loop is watched once."""
+    library: list[loopwatch.StallEvent] = []
+    application: list[loopwatch.StallEvent] = []
+    registry = CollectorRegistry()
+
+    def watchdogs() -> int:
+        return sum(t.name == "loopwatch-watchdog" for t in threading.enumerate())
+
+    before = watchdogs()
+    async with loopwatch.watch(registry, dump_after=0, on_stall=application.append) as first:
+        async with loopwatch.watch(CollectorRegistry(), on_stall=library.append) as second:
+            assert second is first
+            assert watchdogs() == before + 1
+            await asyncio.sleep(0.05)
+            block_the_loop(0.3)
+            await wait_until(lambda: len(library) == 1 and len(application) == 1, timeout=5)
+        # The library left: the application still watches.
+        assert first.watchdog._thread is not None
+        await asyncio.sleep(0.05)
+        block_the_loop(0.3)
+        await wait_until(lambda: len(application) == 2, timeout=5)
+    assert len(library) == 1
+    assert first.stalls == 2
+    assert registry.get_sample_value("loopwatch_event_loop_stalls_total") == 2
+    assert watchdogs() == before
