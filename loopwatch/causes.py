@@ -8,6 +8,7 @@ one of the causes of DESIGN.md.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import threading
@@ -66,13 +67,17 @@ class GcTracker:
 
     def install(self) -> None:
         """Start timing collections."""
-        if self._on_gc not in gc.callbacks:
-            gc.callbacks.append(self._on_gc)
+        with _TRACKERS_LOCK:
+            if not _TRACKERS:
+                gc.callbacks.append(_on_gc)  # one callback however many watch
+            _TRACKERS[id(self)] = self
 
     def uninstall(self) -> None:
         """Stop timing collections."""
-        if self._on_gc in gc.callbacks:
-            gc.callbacks.remove(self._on_gc)
+        with _TRACKERS_LOCK:
+            if _TRACKERS.pop(id(self), None) is not None and not _TRACKERS:
+                with contextlib.suppress(ValueError):
+                    gc.callbacks.remove(_on_gc)  # nothing watches: nothing runs per collection
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         generation = info["generation"]
@@ -126,6 +131,19 @@ class GcTracker:
                 total += seconds
                 oldest = max(oldest, generation)
         return total, oldest
+
+
+# The trackers of the watchdogs running now. gc.callbacks holds one function for all of
+# them, there only while some watchdog runs.
+_TRACKERS: dict[int, GcTracker] = {}
+_TRACKERS_LOCK = threading.Lock()
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if not info["generation"]:
+        return  # the youngest: see GcTracker._on_gc (thousands a second under load)
+    for tracker in list(_TRACKERS.values()):
+        tracker._on_gc(phase, info)
 
 
 @dataclass(frozen=True)

@@ -159,10 +159,26 @@ def pytest_configure(config: pytest.Config) -> None:
     # faulthandler has one timer per process: pytest's faulthandler_timeout keeps it.
     session.native_dump = not _faulthandler_timeout(config)
     config.stash[SESSION] = session
-    sys.addaudithook(session.audit)
+    _audit_into(session)
 
 
 SESSION = pytest.StashKey["Session"]()
+# An audit hook cannot be removed: one per process, handing events to the session of the
+# pytest run going on (an in-process pytester run makes another), idle between runs.
+_audited: list[Session] = []
+
+
+def _audit_into(session: Session) -> None:
+    if not _audited:
+        sys.addaudithook(_audit)
+    _audited[:] = [session]
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _audited:
+        _audited[0].audit(event, args)
+
+
 FINDINGS = pytest.StashKey[list[Finding]]()
 
 

@@ -75,3 +75,35 @@ def test_one_native_dump_holds_faulthandlers_timer_at_a_time() -> None:
     finally:
         third.close()
     assert dumptimer.holder() is None
+
+
+async def test_gc_callbacks_hold_one_function_while_any_loop_is_watched() -> None:
+    import asyncio
+    import gc
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    import loopwatch
+
+    def ours() -> int:
+        return sum(getattr(f, "__module__", "") == "loopwatch.causes" for f in gc.callbacks)
+
+    assert ours() == 0
+    other_loop_started, stop_other = threading.Event(), threading.Event()
+
+    async def other() -> None:
+        async with loopwatch.watch(CollectorRegistry(), dump_after=0):
+            other_loop_started.set()
+            while not stop_other.is_set():
+                await asyncio.sleep(0.01)
+
+    thread = threading.Thread(target=asyncio.run, args=(other(),))
+    thread.start()
+    other_loop_started.wait(5)
+    async with loopwatch.watch(CollectorRegistry(), dump_after=0):
+        assert ours() == 1  # two loops watched, one callback
+    assert ours() == 1
+    stop_other.set()
+    thread.join(5)
+    assert ours() == 0  # nothing watches: nothing runs per collection
