@@ -39,10 +39,12 @@ def user_code(*paths: str | Path) -> None:
     A stall's culprit is the innermost line of the user's code: by default any file
     outside the standard library, site-packages and loopwatch. An application that ships
     its targets inside an installed package (as a service installed with pip does) names
-    them here so that stall reports point at them. Each call replaces the previous list.
+    them here so that stall reports point at them. Each call adds to what was declared
+    before: a library that declares its own targets (the daemon does) takes nothing away
+    from the application's.
     """
     global _declared  # noqa: PLW0603 - process-wide, like logging's configuration
-    found: set[str] = set()
+    found: set[str] = set(_declared)
     for path in paths:
         text = str(path)
         found.add(text)

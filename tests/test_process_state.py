@@ -107,3 +107,24 @@ async def test_gc_callbacks_hold_one_function_while_any_loop_is_watched() -> Non
     stop_other.set()
     thread.join(5)
     assert ours() == 0  # nothing watches: nothing runs per collection
+
+
+def test_user_code_declarations_add_up() -> None:
+    """The daemon's own declaration used to replace the application's."""
+    import sysconfig
+
+    from loopwatch import frames
+
+    # An application installed with pip: site-packages is not user code unless declared.
+    shop = sysconfig.get_paths()["purelib"] + "/shop"
+    assert not frames.is_user_file(f"{shop}/handlers.py")
+    before = frames.declared()
+    try:
+        frames.user_code(f"{shop}/handlers.py")
+        import loopwatch.daemon  # noqa: F401 - declares its workloads as user code
+
+        frames.user_code(f"{shop}/jobs.py")
+        assert frames.is_user_file(f"{shop}/handlers.py")
+        assert frames.is_user_file(f"{shop}/jobs.py")
+    finally:
+        frames._declared = before
