@@ -37,4 +37,14 @@ def __getattr__(name: str) -> FastAPI:
     # ``otel`` instruments the process: only when uvicorn asks for it.
     if name == "otel":
         return _instrumented()
+    if name == "otel_no_factory":
+        return _without_task_factory()
     raise AttributeError(name)
+
+
+def _without_task_factory() -> FastAPI:
+    """``otel`` with no task factory on 3.11 (stall spans lose their parent there)."""
+    from loopwatch import taskcontext
+
+    taskcontext.remember_contexts = lambda loop: False  # type: ignore[assignment]
+    return _instrumented()

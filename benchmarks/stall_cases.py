@@ -195,30 +195,27 @@ class Seen:
 
 class Loopwatch(Tool):
     async def start(self) -> None:
-        import structlog
-
         import loopwatch
 
-        self._logs_cm = structlog.testing.capture_logs()
-        self.logs = self._logs_cm.__enter__()
-        self._seen = Seen(lambda: len(self.logs))
-        self._watch = loopwatch.watch(stall_threshold=THRESHOLD_S, dump_after=0.5)
+        # Each stall as loopwatch hands it over (on its watchdog's thread, at once).
+        self.events: list[Any] = []
+        self._seen = Seen(lambda: len(self.events))
+        self._watch = loopwatch.watch(
+            stall_threshold=THRESHOLD_S, dump_after=0.5, on_stall=self.events.append
+        )
         await self._watch.__aenter__()
 
     async def stop(self) -> list[Report]:
         await self._watch.__aexit__(None, None, None)
         self._seen.close()
-        self._logs_cm.__exit__(None, None, None)
         reports = []
-        for i, event in enumerate(self.logs):
-            if event["event"] != "stall":
-                continue
+        for i, event in enumerate(self.events):
             at = self._seen.at(i)
-            if event["ongoing"]:
-                reports.append(Report(event["culprit"], 0.0, event["cause"], at))
+            if event.ongoing:
+                reports.append(Report(event.culprit, 0.0, event.cause, at))
                 continue
-            for c in event["culprits"]:
-                reports.append(Report(c["culprit"], c["seconds"], c["cause"], at))
+            for c in event.culprits:
+                reports.append(Report(c.culprit, c.seconds, c.cause, at))
         return reports
 
 

@@ -169,14 +169,36 @@ def where(code: CodeType) -> str:
     return f"{code.co_filename}:{code.co_firstlineno} {code.co_name}"
 
 
+# Frames of a thread that waits (for a lock, an event, a thread's start): a loop stuck in
+# one of these waits for the GIL its holder keeps, it computes nothing.
+_WAITS = frozenset(
+    {
+        ("threading.py", "wait"),
+        ("threading.py", "_wait_for_tstate_lock"),
+        ("threading.py", "join"),
+        ("queue.py", "get"),
+        ("queue.py", "put"),
+    }
+)
+
+
 def _loop_ran_user_code(look: Look) -> bool:
     """Whether the dump of an interval the watchdog was blind to shows the loop in user code.
 
-    Rather than waiting in its selector (for the GIL a thread of the user held).
+    Rather than waiting in its selector, or in a lock or an event (``run_in_executor``
+    starting a pool thread), for the GIL a thread of the user held.
     """
     if look.sampled and not look.late:
         return False
-    return frames.running_user_line(look.dump_stack) is not None
+    stack = look.dump_stack
+    if stack and _waits(stack[-1]):
+        return False
+    return frames.running_user_line(stack) is not None
+
+
+def _waits(line: str) -> bool:
+    where, _, function = line.rpartition(" ")
+    return (where.rpartition(":")[0].rpartition("/")[2], function) in _WAITS
 
 
 def _holder_sample(holder: Holder) -> Sample:

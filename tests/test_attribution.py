@@ -146,6 +146,29 @@ ROWS = {
         None,
         ("pool_0",),
     ),
+    # stall_cases gil_thread: run_in_executor starts the pool's thread, which holds the
+    # GIL at once; the loop waits in Thread.start, under a line of the user's. It waits:
+    # the holder is the culprit.
+    "the loop waiting in a thread's start": Row(
+        look(
+            after=reading(0.1, others={POOL_THREAD: 0.09}),
+            late=True,
+            sampled=False,
+            dump_stack=(
+                *CALLBACK,
+                "/srv/app/feed.py:9 fetch_all",
+                f"{LIB}/asyncio/base_events.py:828 run_in_executor",
+                f"{LIB}/concurrent/futures/thread.py:176 submit",
+                f"{LIB}/threading.py:964 start",
+                f"{LIB}/threading.py:629 wait",
+            ),
+            holder=Holder("pool_0", HOLD, "parser", hold_gil.__code__),
+        ),
+        "gil",
+        HOLD_LINE,
+        "parser",
+        ("pool_0",),
+    ),
     # The same dump, but the loop waited in its selector: the holder is the culprit.
     "a dump of the loop idle: the holder": Row(
         look(
