@@ -101,11 +101,27 @@ def run_loopwatch(
     )  # fmt: skip
 
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 by default): there,
+# the source port of any outgoing connection (another test process's client) could take
+# a port between our check and the server's bind. Each xdist worker has a range of its own.
+PORTS_FROM, PORTS_PER_WORKER = 20_000, 2_000
+_next_port = [0]
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now, that no other test process hands out."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    base = PORTS_FROM + (int(worker) if worker.isdigit() else 0) % 6 * PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = base + (os.getpid() + _next_port[0]) % PORTS_PER_WORKER
+        _next_port[0] += 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (a server of an earlier test, still closing)
+            return port
+    raise AssertionError(f"no free port in {base}-{base + PORTS_PER_WORKER - 1}")
 
 
 def require_tool(name: str) -> str:

@@ -102,9 +102,14 @@ def test_the_meter_tells_gil_holders_from_native_code_that_lets_go() -> None:
     hashlib_free, hashlib_gil = meter.take("hashlib")
     assert python_free + python_gil > 20
     assert hashlib_free + hashlib_gil > 20
-    # Generous bounds: measured 0-12% and 57-98% free, beside two CPU hogs too.
-    assert python_free / (python_free + python_gil) < 0.3
-    assert hashlib_free / (hashlib_free + hashlib_gil) > 0.4
+    # Generous bounds: measured 0-12% and 57-98% free, beside two CPU hogs too; beside
+    # two hogs and a second test process, pure Python read 32% once (a thread woken to
+    # take the GIL waits for a CPU, runnable, and reads as free): the two stay apart.
+    python_share = python_free / (python_free + python_gil)
+    hashlib_share = hashlib_free / (hashlib_free + hashlib_gil)
+    assert python_share < 0.5
+    assert hashlib_share > 0.4
+    assert hashlib_share - python_share > 0.2
     assert not MEASURING, "every call took its entry out when it ended"
 
 
