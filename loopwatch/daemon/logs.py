@@ -49,7 +49,10 @@ def configure_logging(cfg: LoggingConfig, stream: TextIO | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # One write per line (print() writes the line, then its newline): the library's
+        # records reach the same stream from other threads through logging's handler,
+        # and a tick and a stall were once glued into one line between the two writes.
+        logger_factory=structlog.WriteLoggerFactory(stream),
         # Not cached, so that a reload's new level reaches loggers already handed out.
         cache_logger_on_first_use=False,
     )
