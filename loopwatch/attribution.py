@@ -147,8 +147,8 @@ def idle_in_selector(stack: tuple[str, ...]) -> bool:
     """Whether a loop thread's stack ends waiting in its selector: idle, in no one's code."""
     if not stack:
         return False
-    where, _, function = stack[-1].rpartition(" ")
-    return function == "select" and where.rpartition(":")[0].endswith("/selectors.py")
+    filename, function = frames.file_and_function(stack[-1])
+    return function == "select" and filename.endswith("/selectors.py")
 
 
 def unseen_culprit(cause: str, *, late: bool) -> str:
@@ -197,8 +197,8 @@ def _loop_ran_user_code(look: Look) -> bool:
 
 
 def _waits(line: str) -> bool:
-    where, _, function = line.rpartition(" ")
-    return (where.rpartition(":")[0].rpartition("/")[2], function) in _WAITS
+    filename, function = frames.file_and_function(line)
+    return (filename.rpartition("/")[2], function) in _WAITS
 
 
 def _holder_sample(holder: Holder) -> Sample:

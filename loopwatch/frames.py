@@ -89,9 +89,15 @@ def thread_stack(thread_id: int, limit: int = STACK_LIMIT) -> list[str]:
     return frame_lines(sys._current_frames().get(thread_id), limit)
 
 
+def file_and_function(line: str) -> tuple[str, str]:
+    """The file and the function of a ``file:line function`` line (file ``""`` if none)."""
+    where, _, function = line.rpartition(" ")
+    return where.rpartition(":")[0], function
+
+
 def is_user_line(line: str) -> bool:
     """Whether a ``file:line function`` line is in the user's code (``unknown`` is not)."""
-    filename = line.rpartition(" ")[0].rpartition(":")[0]
+    filename = file_and_function(line)[0]
     return bool(filename) and is_user_file(filename)
 
 
@@ -135,7 +141,7 @@ def _below_loop(stack: Sequence[str]) -> Sequence[str]:
     """The frames below the innermost of a loop's own (all of them when there is none)."""
     start = 0
     for index, line in enumerate(stack):
-        where, _, function = line.rpartition(" ")
-        if function in _LOOP_RUNNERS and where.rpartition(":")[0].endswith(_LOOP_FILES):
+        filename, function = file_and_function(line)
+        if function in _LOOP_RUNNERS and filename.endswith(_LOOP_FILES):
             start = index + 1
     return stack[start:]

@@ -91,9 +91,9 @@ class _Telemetry:
     def __init__(self, meter: Any, tracer: trace.Tracer) -> None:
         self._tracer = tracer
         self._lock = threading.Lock()
-        self._watchers: dict[int, tuple[Watcher, deque[float]]] = {}
-        # Per watcher: (busy seconds, wall seconds) when it was attached, and last read.
-        self._since: dict[int, tuple[float, float]] = {}
+        # id -> (watcher, its samples waiting for a collection, (busy, wall) seconds when
+        # it was attached).
+        self._watchers: dict[int, tuple[Watcher, deque[float], tuple[float, float]]] = {}
         self._last: tuple[float, float] | None = None
         # Active and idle seconds of the watchers detached so far: the counters go on.
         self._done = (0.0, 0.0)
@@ -132,9 +132,8 @@ class _Telemetry:
         with self._lock:
             if self._closed:
                 return
-            self._watchers[id(watcher)] = (watcher, samples)
             busy = watcher.busy_s() if watcher.busy_s is not None else 0.0
-            self._since[id(watcher)] = (busy, time.perf_counter())
+            self._watchers[id(watcher)] = (watcher, samples, (busy, time.perf_counter()))
         watcher.probe.buffers = (*watcher.probe.buffers, samples)
         watcher.add_stall_listener(self._on_stall)
 
@@ -142,13 +141,11 @@ class _Telemetry:
         """Stop reporting ``watcher`` (called as it stops)."""
         with self._lock:
             found = self._watchers.pop(id(watcher), None)
-            since = self._since.pop(id(watcher), None)
-            if since is not None:
-                active, idle = _seconds(watcher, since, time.perf_counter())
-                self._done = (self._done[0] + active, self._done[1] + idle)
-        if found is None:
-            return
-        samples = found[1]
+            if found is None:
+                return
+            _, samples, since = found
+            active, idle = _seconds(watcher, since, time.perf_counter())
+            self._done = (self._done[0] + active, self._done[1] + idle)
         watcher.probe.buffers = tuple(b for b in watcher.probe.buffers if b is not samples)
         watcher.remove_stall_listener(self._on_stall)
         self._record(samples)
@@ -156,7 +153,7 @@ class _Telemetry:
     def _drain(self) -> None:
         """Record every probe sample taken since the last collection."""
         with self._lock:
-            buffers = [samples for _, samples in self._watchers.values()]
+            buffers = [samples for _, samples, _ in self._watchers.values()]
         for samples in buffers:
             self._record(samples)
 
@@ -169,7 +166,7 @@ class _Telemetry:
         """Detach every watcher; observable callbacks report nothing from now on."""
         with self._lock:
             self._closed = True
-            watchers = [w for w, _ in self._watchers.values()]
+            watchers = [w for w, _, _ in self._watchers.values()]
         for watcher in watchers:
             self.detach(watcher)
 
@@ -177,7 +174,7 @@ class _Telemetry:
         """Active and idle seconds of the loops watched, since each watcher was attached."""
         now = time.perf_counter()
         with self._lock:
-            items = [(w, self._since[key]) for key, (w, _) in self._watchers.items()]
+            items = [(w, since) for w, _, since in self._watchers.values()]
             active, idle = self._done
         for watcher, since in items:
             more_active, more_idle = _seconds(watcher, since, now)

@@ -41,12 +41,6 @@ def remember_contexts(loop: asyncio.AbstractEventLoop) -> bool:
     return True
 
 
-def forget_contexts(loop: asyncio.AbstractEventLoop) -> None:
-    """Undo ``remember_contexts`` on ``loop``."""
-    if loop.get_task_factory() is _factory:
-        loop.set_task_factory(None)
-
-
 def _factory(
     loop: asyncio.AbstractEventLoop,
     coro: Any,  # a coroutine (a generator too, up to 3.11's typeshed)

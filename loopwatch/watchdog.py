@@ -428,19 +428,18 @@ class StallWatchdog:
         self._emit(fields)
 
     def _deliver(self, event: StallEvent) -> None:
-        on_stall = self._on_stall
-        assert on_stall is not None
-        try:
-            on_stall(event)
-        except Exception as exc:  # the receiver's bug must not stop the watching
-            error = f"{type(exc).__name__}: {exc}"
-            emit(
-                log,
-                logging.WARNING,
-                "stall_receiver_failed",
-                f"a stall receiver failed: {error}",
-                error=error,
-            )
+        assert self._on_stall is not None
+        hand_over(self._on_stall, event)
+
+
+def hand_over(receiver: OnStall, event: StallEvent) -> None:
+    """Give ``event`` to ``receiver``; its bug is logged, never raised into the watching."""
+    try:
+        receiver(event)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        emit(log, logging.WARNING, "stall_receiver_failed", f"a stall receiver failed: {error}",
+             error=error)  # fmt: skip
 
 
 def _summary(fields: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from loopwatch.occupant import Occupant
 from loopwatch.probe import LagProbe
 from loopwatch.stall import StallEvent
 from loopwatch.utilization import BusyCollector, EstimatedBusyCollector, selector_of
-from loopwatch.watchdog import StallWatchdog
+from loopwatch.watchdog import StallWatchdog, hand_over
 
 if TYPE_CHECKING:
     from loopwatch.host import WatchdogHost
@@ -154,17 +154,7 @@ class Watcher:
         """Hand a stall to the callback and the iterators (on the watchdog thread)."""
         first = [] if self._on_stall is None else [self._on_stall]
         for receiver in [*first, *self._listeners]:
-            try:
-                receiver(event)
-            except Exception as exc:  # one receiver's bug must not keep it from the others
-                error = f"{type(exc).__name__}: {exc}"
-                emit(
-                    log,
-                    logging.WARNING,
-                    "stall_receiver_failed",
-                    f"a stall receiver failed: {error}",
-                    error=error,
-                )
+            hand_over(receiver, event)  # one receiver's bug must not keep it from the others
         with self._subscribers_lock:
             subscribers = list(self._subscribers)
         for subscriber in subscribers:

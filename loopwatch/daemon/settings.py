@@ -7,14 +7,13 @@ daemon, because validation (pydantic) is the daemon's: the library imports none 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loopwatch.strategies import STRATEGIES, strategy_class
+from loopwatch.strategies.auto import Mode
 from loopwatch.strategies.process import StartMethod
-
-Mode = Literal["switch", "advise"]
 
 
 class StrategySettings(BaseModel):

@@ -195,14 +195,7 @@ def test_too_few_file_descriptors_at_start_exits_69_naming_the_limit(tmp_path: P
     """``ulimit -n 12``: the native dump's pipe fails. Not a daemon without workers."""
     config = tmp_path / "loopwatch.toml"
     config.write_text("[metrics]\nport = 0\n" + WORKERS)
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (12, 12))
-
-    done = subprocess.run(
-        [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
-        capture_output=True, text=True, timeout=60, preexec_fn=low_limit, check=False,
-    )  # fmt: skip
+    done = run_with_open_files(config, 12)
     assert done.returncode == 69, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     [failed] = [line for line in done.stderr.splitlines() if "startup_failed" in line]
@@ -217,14 +210,19 @@ def test_running_out_of_file_descriptors_while_starting_exits_69(tmp_path: Path)
         "[metrics]\nport = 0\n[executors.process]\nmax_workers = 60\n[[workers]]\n"
         'name = "cpu"\ntarget = "loopwatch.daemon.workloads:countdown"\nstrategy = "process"\n'
     )
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-
-    done = subprocess.run(
-        [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
-        capture_output=True, text=True, timeout=60, preexec_fn=low_limit, check=False,
-    )  # fmt: skip
+    done = run_with_open_files(config, 64)
     assert done.returncode == 69, done.stderr[-2000:]
     [failed] = [line for line in done.stderr.splitlines() if "startup_failed" in line]
     assert "RLIMIT_NOFILE, is 64" in failed
+
+
+def run_with_open_files(config: Path, limit: int) -> subprocess.CompletedProcess[str]:
+    """``loopwatch run -c config`` to its end, under ``ulimit -n limit``."""
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return subprocess.run(
+        [sys.executable, "-m", "loopwatch.daemon", "run", "-c", str(config)],
+        capture_output=True, text=True, timeout=60, preexec_fn=low_limit, check=False,
+    )  # fmt: skip
