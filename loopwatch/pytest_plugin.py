@@ -3,101 +3,56 @@
 Two channels, one verdict given when the test has ended (never raised inside the
 blocking call, where the loop's exception handler could swallow it):
 
-1. the stall watchdog (``loopwatch.watch``) on the test's loop: a stall longer than the
-   threshold, with its cause and the user's line, as in production;
+1. the stall watchdog on the test's loop (``loopwatch.testwatch``): a step of the loop
+   longer than the threshold, with its cause and the user's line. Nothing is put on the
+   loop: its selector's waits (asyncio) or its task steps (trio) are timed, so a
+   virtual-time loop runs exactly as it would without the plugin;
 2. calls known to block, made on the loop's thread, however fast they were on this
-   machine: ``sys.audit`` events (file open, DNS, socket connect, HTTP, subprocess,
-   ``time.sleep`` from 3.13, ``sqlite3.connect``), and, where Python raises no event,
-   a narrow hook installed only while a test runs (``time.sleep`` before 3.13, sqlite3
-   statements through the connection's trace callback).
+   machine (``loopwatch.blockingcalls``): audit events, and two narrow hooks where
+   Python raises none.
 
-Only coroutine tests are watched (pytest-asyncio's and anyio's): the test function is
-wrapped, so the loop is watched from the test's first line to its last, and time while
-no loop runs (sync fixtures, pytest itself) never counts. Off unless asked for:
+Every coroutine test is watched, whatever runs it: pytest-asyncio, anyio (asyncio,
+uvloop, trio), unittest's ``IsolatedAsyncioTestCase``. The test function is wrapped, so
+the loop is watched from the test's first line to its last, and time while no loop runs
+(sync fixtures, pytest itself) never counts. A coroutine test whose runner is not known
+runs untouched and is counted "not watched". Under xdist each worker judges its tests
+and the controller adds up the summary and the JSON report. Off unless asked for:
 ``--loopwatch`` or ``loopwatch = true`` in the ini file. docs/testing.md has the policy.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import inspect
 import json
 import math
+import os
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, SupportsIndex
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from loopwatch.host import WatchdogHost
+from loopwatch import blockingcalls, findings
+from loopwatch.findings import Finding
 
 if TYPE_CHECKING:
     from loopwatch.stall import StallEvent
-    from loopwatch.watcher import Watcher
+    from loopwatch.testwatch import TestWatcher
 
-# Audit events that mean "this call blocks the thread that makes it".
-BLOCKING_EVENTS = frozenset(
-    {
-        "open",
-        "socket.getaddrinfo",
-        "socket.gethostbyname",
-        "socket.gethostbyaddr",
-        "socket.connect",
-        "http.client.connect",
-        "http.client.send",
-        "urllib.Request",
-        "subprocess.Popen",
-        "os.system",
-        "os.posix_spawn",
-        "os.fork",
-        "time.sleep",
-        "sqlite3.connect",
-    }
-)
-# A stall this close to the threshold whose cause says "the machine, not the code" is a
-# warning: a loaded CI host makes them (measured: one in five runs under 4 CPU hogs).
-NOISE_CAUSES = frozenset({"starved", "unknown"})
-NOISE_FACTOR = 2.0
 DEFAULT_THRESHOLD = 0.1
 NATIVE_DUMP_AFTER = 0.5
-STACK_DEPTH = 40
+STACK_DEPTH = blockingcalls.STACK_DEPTH
+# What a test's report carries to the controller (xdist) and to the session's summary.
+REPORT_KEY = "loopwatch"
 
 
 class LoopwatchNoiseWarning(pytest.PytestWarning):
-    """A stall near the threshold that the machine, not the test, probably caused."""
-
-
-@dataclass
-class Finding:
-    """One thing that blocked the loop during a test."""
-
-    kind: str  # "call" or "stall"
-    what: str  # the call with its argument, or "stall (cause)"
-    seconds: float | None
-    culprit: str  # innermost line of the user's code
-    test_line: str | None  # the test function's own line, when on the stack
-    stack: list[str] = field(default_factory=list)
-    noise: bool = False
-
-    def line(self) -> str:
-        """One line: what, how long, where."""
-        took = "" if self.seconds is None else f" for {_duration(self.seconds)}"
-        where = f" at {self.culprit}"
-        if self.test_line and self.test_line != self.culprit:
-            where += f" (test line {self.test_line})"
-        return f"{self.what}{took}{where}"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+    """A stall the machine probably caused, or one with no line to show: not a failure."""
 
 
 # --- options ---------------------------------------------------------------------------
@@ -114,7 +69,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--loopwatch-threshold",
-        type=float,
         default=None,
         metavar="SECONDS",
         help=f"a stall longer than this fails the test (default {DEFAULT_THRESHOLD})",
@@ -125,16 +79,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="write every finding as JSON to PATH (for CI)",
     )
-    parser.addini("loopwatch", "watch async tests for blocking calls", type="bool", default=False)
+    parser.addini("loopwatch", "watch async tests for blocking calls", default="false")
     parser.addini(
         "loopwatch_threshold", "stall threshold in seconds", default=str(DEFAULT_THRESHOLD)
     )
     parser.addini(
         "loopwatch_allow",
-        "calls (time.sleep, open), modules (mypkg.db) or call sites (path/file.py:12) "
-        "allowed to block",
+        "calls (time.sleep, open), modules (mypkg.db), stack lines (path/file.py:12) or "
+        "call sites (at:tests/*) allowed to block",
         type="linelist",
         default=[],
+    )
+    parser.addini(
+        "loopwatch_native_dump",
+        "name a line that holds the GIL from faulthandler's dump (its one timer)",
+        default="true",
     )
 
 
@@ -147,19 +106,100 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     enabled = config.getoption("loopwatch")
     if enabled is None:
-        enabled = config.getini("loopwatch")
+        enabled = _ini_bool(config, "loopwatch")
     if not enabled:
         return
-    threshold = config.getoption("loopwatch_threshold")
-    if threshold is None:
-        threshold = float(config.getini("loopwatch_threshold"))
-    if not threshold > 0:
-        raise pytest.UsageError(f"--loopwatch-threshold must be > 0 seconds, got {threshold}")
-    session = Session(threshold, list(config.getini("loopwatch_allow")))
+    allow = list(config.getini("loopwatch_allow"))
+    for entry in allow:
+        if (problem := findings.check_entry(entry)) is not None:
+            raise pytest.UsageError(f"loopwatch_allow in {_ini_name(config)}: {problem}")
+    session = Session(_threshold(config), allow, str(config.rootpath))
     # faulthandler has one timer per process: pytest's faulthandler_timeout keeps it.
-    session.native_dump = not _faulthandler_timeout(config)
+    timeout = _faulthandler_timeout(config)
+    session.dump_off = (
+        f"faulthandler_timeout = {timeout:g} has faulthandler's one timer"
+        if timeout
+        else None
+        if _ini_bool(config, "loopwatch_native_dump")
+        else "loopwatch_native_dump = false"
+    )
+    session.report_path = _report_path(config)
+    session.worker = hasattr(config, "workerinput")  # an xdist worker: the controller reports
     config.stash[SESSION] = session
+    config.pluginmanager.register(session, "loopwatch-session")
     _audit_into(session)
+
+
+def _ini_name(config: pytest.Config) -> str:
+    return str(config.inipath) if config.inipath else "the ini file"
+
+
+def _ini_bool(config: pytest.Config, key: str) -> bool:
+    raw = config.getini(key)
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise pytest.UsageError(f"{key} = {raw!r} in {_ini_name(config)}: expected true or false")
+
+
+def _threshold(config: pytest.Config) -> float:
+    """The threshold from the option, else the ini; a usage error naming its source."""
+    raw = config.getoption("loopwatch_threshold")
+    source = "--loopwatch-threshold"
+    if raw is None:
+        raw = config.getini("loopwatch_threshold")
+        source = f"loopwatch_threshold in {_ini_name(config)}"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{source}: {raw!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise pytest.UsageError(f"{source}: {raw!r} must be a finite number of seconds > 0")
+    return value
+
+
+def _report_path(config: pytest.Config) -> Path | None:
+    """``--loopwatch-report``, checked now: a bad path is a usage error, not lost work."""
+    raw = config.getoption("loopwatch_report", None)
+    if not raw:
+        return None
+    path = Path(raw)
+    folder = path.parent.resolve()
+    if path.is_dir():
+        raise pytest.UsageError(f"--loopwatch-report {raw}: is a folder, expected a file")
+    if not folder.is_dir():
+        raise pytest.UsageError(f"--loopwatch-report {raw}: no folder {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"--loopwatch-report {raw}: not writable")
+    return path
+
+
+def _faulthandler_timeout(config: pytest.Config) -> float:
+    """Pytest's ``faulthandler_timeout`` (0 when unset, or without its faulthandler plugin)."""
+    if not config.pluginmanager.has_plugin("faulthandler"):
+        return 0.0
+    try:
+        return float(config.getini("faulthandler_timeout") or 0)
+    except (ValueError, KeyError):
+        return 0.0
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """The effective settings, on the run's first lines."""
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return None
+    allow = f"{len(session.allow)} allow entries" if session.allow else "no allow entries"
+    dump = (
+        f"native dump off ({session.dump_off})"
+        if session.dump_off
+        else f"native dump after {session.dump_after:g} s (faulthandler's one timer)"
+    )
+    return f"loopwatch: threshold {session.threshold:g} s, {allow}, {dump}"
 
 
 SESSION = pytest.StashKey["Session"]()
@@ -179,30 +219,28 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         _audited[0].audit(event, args)
 
 
-FINDINGS = pytest.StashKey[list[Finding]]()
-
-
-# --- the session: one audit hook, one registry, the findings of every test --------------
+# --- the session: one audit hook, one watcher, the findings of every test ---------------
 
 
 class Session:
     """What ``--loopwatch`` keeps for the whole run."""
 
-    def __init__(self, threshold: float, allow: list[str]) -> None:
+    def __init__(self, threshold: float, allow: list[str], rootdir: str = "") -> None:
         self.threshold = threshold
         self.allow = allow
+        self.rootdir = rootdir
         self.current: Watching | None = None
-        self.watcher: Watcher | None = None
-        # Name a native hold's line from faulthandler's dump (not when pytest's own
-        # faulthandler_timeout has the process's one timer).
-        self.native_dump = True
-        # The watchdog's thread, parked between tests rather than started for each.
-        self.host = WatchdogHost()
+        self.watcher: TestWatcher | None = None
+        self.dump_off: str | None = None  # why there is no native dump, None: there is
+        self.dump_after = max(threshold, NATIVE_DUMP_AFTER)
+        self.report_path: Path | None = None
+        self.worker = False
+        # Added up from every test's report, the controller's under xdist.
         self.blocked: dict[str, list[Finding]] = {}
         self.warned: dict[str, list[Finding]] = {}
-        from prometheus_client import CollectorRegistry  # noqa: PLC0415 - only when enabled
-
-        self.registry = CollectorRegistry()
+        self.not_watched: list[str] = []
+        self.watched = 0
+        self.report_error: str | None = None
 
     def stall(self, event: StallEvent) -> None:
         """The watcher's callback (its thread): to the test being watched."""
@@ -213,7 +251,7 @@ class Session:
     def audit(self, event: str, args: tuple[Any, ...]) -> None:
         """The audit hook: cheap for every event, work only for a blocking one on the loop."""
         watch = self.current
-        if watch is None or event not in BLOCKING_EVENTS:
+        if watch is None or event not in blockingcalls.BLOCKING_EVENTS:
             return
         if threading.get_ident() != watch.loop_ident:
             return
@@ -222,14 +260,54 @@ class Session:
         except Exception as exc:  # an audit hook's error would fail the user's call
             watch.failed(exc)
 
+    def watcher_for_tests(self) -> TestWatcher:
+        """The session's one watcher: its watchdog thread is parked between tests."""
+        if self.watcher is None:
+            from loopwatch.testwatch import TestWatcher  # noqa: PLC0415 - only when enabled
+
+            # A C call holding the GIL on the loop for over half a second (a regex, a
+            # parser) blinds every Python thread: faulthandler's dump, from C, names its
+            # line. Not sooner: a dump reads other threads' states without the GIL, and a
+            # suite's threads come and go (measured: a 0.1 s dump crashed one run in ten).
+            self.watcher = TestWatcher(
+                self.threshold, 0 if self.dump_off else self.dump_after, self.stall
+            )
+        return self.watcher
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Add up each test's findings: here, or at the controller from its workers.
+
+        As junitxml does, from the reports: under xdist they are the workers', sent over.
+        """
+        data = getattr(report, REPORT_KEY, None)
+        if report.when == "call" and isinstance(data, dict):
+            self.add_report(report.nodeid, data)
+
+    def add_report(self, nodeid: str, data: dict[str, Any]) -> None:
+        """A test's findings, from its report (this process's, or a worker's)."""
+        state = data.get("state")
+        if state == "watched":
+            self.watched += 1
+        elif state == "not watched":
+            self.not_watched.append(nodeid)
+        blocked = [Finding.from_dict(f) for f in data.get("blocked", [])]
+        warned = [Finding.from_dict(f) for f in data.get("warned", [])]
+        if blocked:
+            self.blocked[nodeid] = blocked
+        if warned:
+            self.warned[nodeid] = warned
+
 
 class Watching:
-    """One test's watching: its loop, its findings."""
+    """One test's watching: its loop's thread, its findings."""
 
-    def __init__(self, session: Session, test_code: Any, allowed: list[str] | None) -> None:
+    def __init__(
+        self, session: Session, test_code: Any, allowed: list[str] | None, rootdir: str = ""
+    ) -> None:
         self.session = session
         self.test_code = test_code
         self.allowed = allowed  # None: everything is allowed
+        self.rootdir = rootdir
         self.loop_ident = threading.get_ident()
         self.findings: list[Finding] = []
         self._lock = threading.Lock()
@@ -240,22 +318,24 @@ class Watching:
 
     def blocking_call(self, event: str, args: tuple[Any, ...]) -> None:
         """An audit event of a blocking call, on the loop's thread."""
+        if blockingcalls.is_blocking(event, args):
+            self.call(blockingcalls.describe(event, args), sys._getframe(3))
+
+    def call(self, what: str, frame: FrameType | None) -> None:
+        """A blocking call ``what`` made from ``frame`` (the loop's thread)."""
         if self._in_hook:
             return  # our own work (formatting a path) raised an event
         self._in_hook = True
         try:
-            frame = sys._getframe(2)  # the code that made the call
-            if not _blocking(event, args) or _from_import_or_asyncio(frame):
+            if blockingcalls.made_by_runtime(frame):
                 return
-            self.add(self._call_finding(_describe(event, args), frame))
+            from loopwatch import frames  # noqa: PLC0415 - only when enabled
+
+            stack = frames.frame_lines(frame, STACK_DEPTH)
+            culprit = frames.culprit_of(stack)
+            self.add(Finding("call", what, None, culprit, self._test_line(frame), stack))
         finally:
             self._in_hook = False
-
-    def _call_finding(self, what: str, frame: FrameType | None) -> Finding:
-        from loopwatch import frames  # noqa: PLC0415 - only when enabled
-
-        stack = frames.frame_lines(frame, STACK_DEPTH)
-        return Finding("call", what, None, frames.culprit_of(stack), self._test_line(frame), stack)
 
     def _test_line(self, frame: FrameType | None) -> str | None:
         while frame is not None:
@@ -268,21 +348,14 @@ class Watching:
         """Our own bug must not break the test's call: noted, shown as a warning."""
         self.errors.append(f"{type(exc).__name__}: {exc}")
 
-    def sqlite_statement(self, statement: str) -> None:
-        """sqlite3's trace callback: runs in the thread that executes the statement."""
-        if threading.get_ident() != self.loop_ident or self._in_hook:
-            return
-        frame = sys._getframe(1)
-        self.add(self._call_finding(f"sqlite3 query {_short(statement)!r}", frame))
-
     # -- channel 1: stalls ----------------------------------------------------------------
 
     def stall(self, event: StallEvent) -> None:
         """The watchdog's callback (its own thread): final stall figures only."""
-        if event.ongoing:
-            return
-        noise = (
-            event.cause in NOISE_CAUSES and event.duration < self.session.threshold * NOISE_FACTOR
+        if event.ongoing or findings.in_debugger(event.stack):
+            return  # a debugger session held the loop, not the test
+        noise = findings.is_noise(
+            event.cause, event.duration, event.culprit, event.stack, self.session.threshold
         )
         test_line = next(
             (line for line in event.stack if line.endswith(" " + self.test_code.co_name)
@@ -303,96 +376,24 @@ class Watching:
 
     def add(self, finding: Finding) -> None:
         """Keep ``finding`` unless an allow entry covers it (any thread)."""
-        if self.allowed is None or _allowed(finding, self.allowed):
+        if self.allowed is None or findings.allowed(finding, self.allowed, self.rootdir):
             return
         with self._lock:
             self.findings.append(finding)
 
 
-def _blocking(event: str, args: tuple[Any, ...]) -> bool:
-    """False for the events that look blocking but are not (a non-blocking connect)."""
-    if event == "socket.connect":
-        sock = args[0] if args else None
-        timeout = getattr(sock, "gettimeout", lambda: None)()
-        return timeout != 0.0  # asyncio connects non-blocking sockets on the loop
-    if event == "open":
-        path = args[0] if args else None
-        return not isinstance(path, int)  # os.fdopen of a descriptor already open
-    return True
-
-
-def _from_import_or_asyncio(frame: FrameType | None) -> bool:
-    """Whether the call is an import's, or asyncio's own (a subprocess transport).
-
-    Walks out from the call to the first frame of the user's code: the standard library
-    in between may do anything on the user's behalf, but an import, or asyncio, is never
-    the user's blocking call.
-    """
-    from loopwatch import frames  # noqa: PLC0415
-
-    depth = 0
-    while frame is not None and depth < STACK_DEPTH:
-        filename = frame.f_code.co_filename
-        if filename.startswith("<frozen importlib") or "/importlib/" in filename:
-            return True
-        if "/asyncio/" in filename:
-            return True
-        if frames.is_user_file(filename):
-            return False
-        frame = frame.f_back
-        depth += 1
-    return False
-
-
-def _describe(event: str, args: tuple[Any, ...]) -> str:
-    shown = ", ".join(_short(repr(a)) for a in _relevant(event, args))
-    return f"{event}({shown})"
-
-
-def _relevant(event: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    match event:
-        case "open":
-            return args[:2]
-        case "socket.connect":
-            return args[1:2]
-        case "http.client.connect" | "http.client.send" | "urllib.Request":
-            return args[1:2]
-        case "subprocess.Popen":
-            return args[1:2]
-        case "socket.getaddrinfo":
-            return args[:2]
-        case _:
-            return args[:1]
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _allowed(finding: Finding, allow: list[str]) -> bool:
-    """Whether an allow entry covers the finding: its call, a module or file, a call site."""
-    for entry in allow:
-        if finding.kind == "call" and finding.what.startswith(entry + "("):
-            return True
-        if finding.kind == "stall" and entry in ("stall", f"stall:{finding.what}"):
-            return True
-        if any(_site_matches(line, entry) for line in finding.stack):
-            return True
-    return False
-
-
-def _site_matches(line: str, entry: str) -> bool:
-    where = line.rpartition(" ")[0]  # file:line
-    filename = where.rpartition(":")[0]
-    if ":" in entry and entry.rpartition(":")[2].isdigit():
-        return where.endswith(entry)  # a call site: path/file.py:12
-    if entry.endswith(".py") or "/" in entry:
-        return filename.endswith(entry)
-    module_path = "/" + entry.replace(".", "/")
-    return module_path + ".py" in filename or module_path + "/" in filename
-
-
 # --- the test: wrapping its function, giving the verdict ---------------------------------
+
+
+class _TestState:
+    """One test's watching as its report will carry it."""
+
+    def __init__(self) -> None:
+        self.watched = False
+        self.findings: list[Finding] = []
+
+
+STATE = pytest.StashKey[_TestState]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -403,14 +404,23 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     if session is None or not inspect.iscoroutinefunction(original):
         return (yield)
     assert original is not None
-    allowed = _allowed_by_marks(item, session)
-    findings: list[Finding] = []
-    item.stash[FINDINGS] = findings
-    item.obj = _watched(original, session, allowed, findings)  # type: ignore[attr-defined]
+    state = item.stash[STATE] = _TestState()
+    watched = _watched(original, session, _allowed_by_marks(item, session), state)
+    item.obj = watched  # type: ignore[attr-defined]
+    # unittest calls the test method by its name on the instance, not pytest's ``obj``.
+    instance = getattr(item, "instance", None) if _is_unittest(item) else None
+    if instance is not None:
+        setattr(instance, item.name, watched)
     try:
         return (yield)
     finally:
         item.obj = original  # type: ignore[attr-defined]
+        if instance is not None and instance.__dict__.get(item.name) is watched:
+            delattr(instance, item.name)
+
+
+def _is_unittest(item: pytest.Item) -> bool:
+    return type(item).__name__ == "TestCaseFunction" and hasattr(item, "_testcase")
 
 
 def _allowed_by_marks(item: pytest.Item, session: Session) -> list[str] | None:
@@ -426,103 +436,29 @@ def _watched(
     original: Callable[..., Any],
     session: Session,
     allowed: list[str] | None,
-    findings: list[Finding],
+    state: _TestState,
 ) -> Callable[..., Any]:
     code = inspect.unwrap(original).__code__
 
     @functools.wraps(original)
     async def watched(*args: Any, **kwargs: Any) -> Any:
-        watch = Watching(session, code, allowed)
-        watcher = _watcher(session)
-        hooks = _Hooks(watch)
+        watcher = session.watcher_for_tests()
+        if watcher.start(original) is None:
+            return await original(*args, **kwargs)  # no loop we know: untouched
+        state.watched = True
+        watch = Watching(session, code, allowed, session.rootdir)
+        hooks = blockingcalls.Hooks(watch)
         session.current = watch
-        # A shorter blind stall (native code held the GIL) is put on the test itself.
-        watcher.occupant.last = ("", original, time.perf_counter(), math.inf)
-        watcher.start(asyncio.get_running_loop())
         try:
             return await original(*args, **kwargs)
         finally:
-            await _let_last_stall_show(watcher)
+            # A step that blocked at the test's end ends here: reported by ``stop``.
             watcher.stop()
-            watcher.occupant.last = ("", None, 0.0, 0.0)
             session.current = None
             hooks.remove()
-            findings.extend(watch.findings)
+            state.findings.extend(watch.findings)
 
     return watched
-
-
-def _watcher(session: Session) -> Watcher:
-    """The session's one watcher: its watchdog thread is parked between tests, not ended."""
-    if session.watcher is None:
-        from loopwatch.watcher import Watcher  # noqa: PLC0415 - only when enabled
-
-        threshold = session.threshold
-        session.watcher = Watcher(
-            registry=session.registry,
-            resolution=min(0.01, threshold / 5),
-            stall_threshold=threshold,
-            # A C call holding the GIL on the loop (a regex, a parser) blinds every Python
-            # thread: faulthandler's dump, from C, names the line.
-            # A C call holding the GIL on the loop for over half a second (a regex, a parser)
-            # blinds every Python thread: faulthandler's dump, from C, names its line.
-            # Not sooner: a dump reads other threads' states without the GIL, and a test
-            # suite's threads come and go (measured: a 0.1 s dump crashed one run in ten).
-            dump_after=max(threshold, NATIVE_DUMP_AFTER) if session.native_dump else 0,
-            on_stall=session.stall,
-            log_stalls=False,  # the verdict reports them
-            host=session.host,
-        )
-    return session.watcher
-
-
-async def _let_last_stall_show(watcher: Watcher) -> None:
-    """A block that ended the test has not been seen yet: let the loop beat once more."""
-    probe = watcher.probe
-    if time.perf_counter() - probe.last_beat < probe.stall_threshold_s:
-        return  # the usual case: nothing to wait for
-    stalls = watcher.stalls
-    deadline = time.perf_counter() + 1.0
-    while watcher.stalls == stalls and time.perf_counter() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(probe.resolution_s)  # the watchdog's thread counts them
-
-
-class _Hooks:
-    """The narrow hooks, installed only while one test runs."""
-
-    def __init__(self, watch: Watching) -> None:
-        self._sleep: Callable[[float | SupportsIndex], None] | None = None
-        if sys.version_info < (3, 13):  # no time.sleep audit event before 3.13
-            self._sleep = time.sleep
-            real_sleep = time.sleep
-
-            def sleep(seconds: float | SupportsIndex) -> None:
-                if threading.get_ident() == watch.loop_ident:
-                    watch.add(watch._call_finding(f"time.sleep({seconds!r})", sys._getframe(1)))
-                real_sleep(seconds)
-
-            time.sleep = sleep
-        # No event for a statement: a connection made during the test reports, through
-        # its trace callback, the statements it runs on the loop's thread.
-        self._sqlite: Any = sys.modules.get("sqlite3")
-        self._connect: Callable[..., Any] | None = None
-        if self._sqlite is not None:
-            self._connect = real_connect = self._sqlite.connect
-
-            def connect(*args: Any, **kwargs: Any) -> Any:
-                conn = real_connect(*args, **kwargs)
-                with contextlib.suppress(Exception):  # a factory's own class may refuse
-                    conn.set_trace_callback(watch.sqlite_statement)
-                return conn
-
-            setattr(self._sqlite, "connect", connect)  # noqa: B010 - a module, typed loosely
-
-    def remove(self) -> None:
-        """Put back what was replaced."""
-        if self._sleep is not None:
-            time.sleep = self._sleep
-        if self._connect is not None:
-            setattr(self._sqlite, "connect", self._connect)  # noqa: B010
 
 
 @pytest.hookimpl(wrapper=True)
@@ -531,36 +467,44 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """The verdict: a test that passed but blocked the loop fails here, at its end."""
     report: pytest.TestReport = yield
-    findings = item.stash.get(FINDINGS, None)
-    if call.when != "call" or not findings:
+    state = item.stash.get(STATE, None)
+    if call.when != "call" or state is None:
         return report
-    session = item.config.stash[SESSION]
-    failing = [f for f in findings if not f.noise]
-    noisy = [f for f in findings if f.noise]
+    failing = [f for f in state.findings if not f.noise]
+    noisy = [f for f in state.findings if f.noise]
     for finding in noisy:
-        item.warn(
-            LoopwatchNoiseWarning(f"near-threshold stall, probably the machine: {finding.line()}")
-        )
-    if noisy:
-        session.warned[item.nodeid] = noisy
-    if failing:
-        session.blocked[item.nodeid] = failing
-        if report.passed:
-            report.outcome = "failed"
-            report.longrepr = _message(failing)
+        item.warn(LoopwatchNoiseWarning(f"loopwatch: {_why_noise(finding)}: {finding.line()}"))
+    setattr(
+        report,
+        REPORT_KEY,
+        {
+            "state": "watched" if state.watched else "not watched",
+            "blocked": [f.as_dict() for f in failing],
+            "warned": [f.as_dict() for f in noisy],
+        },
+    )
+    if failing and report.passed:
+        report.outcome = "failed"
+        report.longrepr = _message(failing)
     return report
 
 
-def _message(findings: list[Finding]) -> str:
-    lines = [f"loopwatch: this test blocked the event loop {len(findings)} time(s):"]
-    lines.extend(f"  {finding.line()}" for finding in findings)
-    first = findings[0]
+def _why_noise(finding: Finding) -> str:
+    if not finding.stack or finding.culprit == "unknown":
+        return "a stall with no line to show"
+    return "a near-threshold stall, probably the machine"
+
+
+def _message(found: list[Finding]) -> str:
+    lines = [f"loopwatch: this test blocked the event loop {len(found)} time(s):"]
+    lines.extend(f"  {finding.line()}" for finding in found)
+    first = found[0]
     lines.append("")
     lines.append(f"stack of the first ({first.what}), innermost last:")
     lines.extend(f"  {line}" for line in first.stack[-15:])
     lines.append(
         "Move the call off the loop (await loopwatch.run_sync(fn, ...)), or allow it: "
-        '@pytest.mark.loopwatch_allow("<call, module or file:line>").'
+        '@pytest.mark.loopwatch_allow("<call, module, file:line or at:GLOB>").'
     )
     return "\n".join(lines)
 
@@ -570,25 +514,31 @@ def _message(findings: list[Finding]) -> str:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """End the session's watchdog thread."""
-    watching = config.stash.get(SESSION, None)
-    if watching is not None and watching.watcher is not None:
-        watching.watcher.watchdog.close()
-        watching.host.close()
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        return
+    config.pluginmanager.unregister(session)
+    if session.watcher is not None:
+        session.watcher.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Write the JSON report when asked for."""
+    """Write the JSON report when asked for (not on an xdist worker: the controller does)."""
     watching = session.config.stash.get(SESSION, None)
-    path = session.config.getoption("loopwatch_report", None)
-    if watching is None or not path:
+    if watching is None or watching.report_path is None or watching.worker:
         return
     report = {
         "threshold": watching.threshold,
-        "blocked": {k: [asdict(f) for f in v] for k, v in watching.blocked.items()},
-        "warnings": {k: [asdict(f) for f in v] for k, v in watching.warned.items()},
+        "watched": watching.watched,
+        "not_watched": watching.not_watched,
+        "blocked": {k: [f.as_dict() for f in v] for k, v in watching.blocked.items()},
+        "warnings": {k: [f.as_dict() for f in v] for k, v in watching.warned.items()},
         "top_culprits": _top_culprits(watching),
     }
-    Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    try:
+        watching.report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        watching.report_error = f"--loopwatch-report {watching.report_path}: {exc.strerror}"
 
 
 def _top_culprits(watching: Session) -> list[dict[str, object]]:
@@ -597,14 +547,16 @@ def _top_culprits(watching: Session) -> list[dict[str, object]]:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """Which tests blocked the loop, and the lines that did it most."""
+    """Which tests blocked the loop, the lines that did it most, and what was not watched."""
     watching = config.stash.get(SESSION, None)
-    if watching is None:
+    if watching is None or watching.worker:
         return
     write = terminalreporter.write_line
     terminalreporter.section("loopwatch: blocking calls on the event loop")
+    threshold = f"threshold {watching.threshold:g} s"
     if not watching.blocked:
-        write(f"no test blocked the loop (threshold {watching.threshold} s)")
+        tests = "no watched test" if watching.not_watched else "no test"
+        write(f"{tests} blocked the loop ({watching.watched} watched, {threshold})")
     for nodeid, found in watching.blocked.items():
         more = f" (+{len(found) - 1})" if len(found) > 1 else ""
         write(f"{nodeid}: {found[0].line()}{more}")
@@ -613,14 +565,12 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         for entry in _top_culprits(watching):
             write(f"  {entry['tests']} test(s)  {entry['culprit']}")
     if watching.warned:
-        write(f"{len(watching.warned)} test(s) had near-threshold stalls the machine caused")
-
-
-def _faulthandler_timeout(config: pytest.Config) -> float:
-    """Pytest's ``faulthandler_timeout`` (0 when unset, or without its faulthandler plugin)."""
-    if not config.pluginmanager.has_plugin("faulthandler"):
-        return 0.0
-    try:
-        return float(config.getini("faulthandler_timeout") or 0)
-    except (ValueError, KeyError):
-        return 0.0
+        write(f"{len(watching.warned)} test(s) had stalls given as warnings, not failures")
+    if watching.not_watched:
+        write(
+            f"{len(watching.not_watched)} async test(s) not watched (no asyncio or trio loop "
+            f"ran them), e.g. {watching.not_watched[0]}",
+            yellow=True,
+        )
+    if watching.report_error:
+        write(watching.report_error, red=True)

@@ -20,21 +20,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from loopwatch import causes, frames
 from loopwatch.attribution import Call, Holder, Look, attribute, where
 from loopwatch.dump import NativeDump, stack_in_dump
 from loopwatch.events import emit
-from loopwatch.metrics import WatchMetrics
 from loopwatch.occupant import POOL_CALLS, Occupant, code_of
-from loopwatch.probe import LagProbe
 from loopwatch.stall import Sample, Stall, StallEvent
 from loopwatch.taskcontext import context_of
 from loopwatch.throttle import LogThrottle
 
 if TYPE_CHECKING:
     from loopwatch.host import WatchdogHost
+    from loopwatch.metrics import WatchMetrics
 
 log = logging.getLogger("loopwatch")
 
@@ -55,13 +54,37 @@ Emit = Callable[[dict[str, Any]], None]
 OnStall = Callable[[StallEvent], None]
 
 
+class Heartbeat(Protocol):
+    """What the watchdog reads of the loop, from its own thread: when it last beat.
+
+    ``LagProbe`` beats with a timer on the loop; ``loopwatch.beats`` without one (a
+    loop's selector, trio's task steps), for loops whose timer queue must stay untouched.
+    """
+
+    @property
+    def last_beat(self) -> float:
+        """The last moment the loop was known free; ``resolution_s`` after, it is overdue."""
+
+    @property
+    def resolution_s(self) -> float:
+        """How often the loop beats when free (0: it says when it is busy)."""
+
+    @property
+    def stall_threshold_s(self) -> float:
+        """Overdue this long, the loop is stalled."""
+
+    @property
+    def last_long_lag(self) -> tuple[float, float]:
+        """(the beat a stall followed, its length), set by the loop's thread at its end."""
+
+
 class StallWatchdog:
     """Watches the probe's heartbeat from a thread of its own (see the module docstring)."""
 
     def __init__(
         self,
-        probe: LagProbe,
-        metrics: WatchMetrics,
+        probe: Heartbeat,
+        metrics: WatchMetrics | None,
         occupant: Occupant,
         *,
         dump_after_s: float = 10.0,
@@ -94,6 +117,7 @@ class StallWatchdog:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_ident = 0
+        self._loop_is_gone = False
         self._loop_native_id: int | None = None
         self._baseline: causes.Reading | None = None
         self._baseline_thread: int | None = None
@@ -102,12 +126,21 @@ class StallWatchdog:
         self.stalls = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_STALLS)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start watching ``loop`` (call from the loop's thread)."""
+    def start(
+        self, loop: asyncio.AbstractEventLoop | None, heartbeat: Heartbeat | None = None
+    ) -> None:
+        """Start watching ``loop`` from its thread (None: a loop not asyncio's, trio's).
+
+        ``heartbeat`` replaces the one given at construction from now on: a test's loop
+        comes with its own (``loopwatch.beats``).
+        """
+        if heartbeat is not None:
+            self._probe = heartbeat
         self._loop = loop
         self._loop_ident = threading.get_ident()
         self._loop_native_id = threading.get_native_id()
         self._stopped.clear()
+        self._loop_is_gone = False
         self._gc.install()
         if self._dump_after_s > 0 and self._dump is None:
             # A pipe per start: stop closes it, and a watcher may be started again (an
@@ -118,7 +151,8 @@ class StallWatchdog:
                 native_id=self._loop_native_id,
             )
             self._dump.keep_armed()  # now: the first call may hold the GIL before we run
-        self._metrics.event_loop_stall.set_function(self.current_stall_s)
+        if self._metrics is not None:
+            self._metrics.event_loop_stall.set_function(self.current_stall_s)
         if self._host is not None:
             if self._dump is not None:
                 self._dump.take()  # a dump written while parked is of no stall of ours
@@ -147,7 +181,8 @@ class StallWatchdog:
             self._dump.close()
             self._dump = None
         self._throttle.flush(force=True)
-        self._metrics.event_loop_stall.set_function(lambda: 0.0)
+        if self._metrics is not None:
+            self._metrics.event_loop_stall.set_function(lambda: 0.0)
 
     def close(self, timeout_s: float = 1.0) -> None:
         """Stop, and close a dump kept armed between starts (a hosted watchdog's)."""
@@ -166,6 +201,7 @@ class StallWatchdog:
 
     def _loop_gone(self) -> None:
         """The watched loop was closed without ``stop``: end watching, report nothing."""
+        self._loop_is_gone = True
         self._stopped.set()
         self._gc.uninstall()
         if self._dump is not None:
@@ -203,6 +239,24 @@ class StallWatchdog:
                     exc_info=True,
                 )
                 self._stopped.wait(1.0)
+        self._last_look()
+
+    def _last_look(self) -> None:
+        """Report a stall that ended just before ``stop`` and that no look has seen yet.
+
+        A test whose last step blocks ends with it: the loop thread marks the stall's end
+        and stops the watchdog at once, so this look, not a wait, reports it.
+        """
+        if self._loop_is_gone:
+            return
+        try:
+            reading = self._read()
+            if self._baseline is None:
+                self._baseline = reading  # never ran (the GIL was held from the start)
+            self._report_unseen(reading)
+        except Exception:
+            emit(log, logging.ERROR, "watchdog_error", "the stall watchdog failed; it goes on",
+                 exc_info=True)  # fmt: skip
 
     def _watch(self) -> None:
         # Resumed on the same thread's next loop (a kept thread), the last figures are
@@ -402,7 +456,8 @@ class StallWatchdog:
         self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict
     ) -> None:
         stall.charge(sample, seconds, verdict)
-        self._metrics.event_loop_blocked.labels(sample.worker or "", sample.cause).inc(seconds)
+        if self._metrics is not None:
+            self._metrics.event_loop_blocked.labels(sample.worker or "", sample.cause).inc(seconds)
         if sample.cause == "gil" and sample.worker:
             stalls = self._occupant.gil_stalls
             stalls[sample.worker] = stalls.get(sample.worker, 0.0) + seconds
@@ -420,7 +475,8 @@ class StallWatchdog:
         if not stall.counted:
             stall.counted = True
             self.stalls += 1
-            self._metrics.event_loop_stalls.inc()
+            if self._metrics is not None:
+                self._metrics.event_loop_stalls.inc()
             if not ongoing:
                 # A stall seen only at its end: repeats of one culprit are aggregated.
                 self._throttle.offer((fields["worker"], fields["culprit"]), fields, duration)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loopwatch.pytest_plugin import Finding, Session, Watching
+from loopwatch.findings import Finding
+from loopwatch.pytest_plugin import Session, Watching
 from loopwatch.stall import StallEvent
 
 pytest_plugins = ["pytester"]
