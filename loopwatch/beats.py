@@ -106,7 +106,9 @@ class SelectorBeat(BusyBeat):
         if selector.__dict__.get("select") is not self._select:
             return  # wrapped again since: taking ours out would take theirs too
         if self._before is None:
-            del selector.select
+            # From the instance's dict itself: a Mock selector (aiostream's test loop)
+            # would take ``del`` for "this attribute no longer exists".
+            vars(selector).pop("select", None)
         else:
             selector.select = self._before  # type: ignore[method-assign]
 

@@ -165,8 +165,17 @@ class Hooks:
     def remove(self) -> None:
         """Put back what was replaced; a wrapper someone put over ours stays theirs."""
         _State.receiver = None
-        if time.sleep is _sleep:
-            time.sleep = _State.real_sleep
-        sqlite3: Any = sys.modules.get("sqlite3")
-        if sqlite3 is not None and sqlite3.connect is _connect:
-            sqlite3.connect = _State.real_connect
+        restore()
+
+
+def restore() -> None:
+    """Put back ``time.sleep`` and ``sqlite3.connect`` where ours are installed.
+
+    Also after a test's teardown: a monkeypatch undone then puts back our wrapper, which
+    it had taken for the original.
+    """
+    if time.sleep is _sleep:
+        time.sleep = _State.real_sleep
+    sqlite3: Any = sys.modules.get("sqlite3")
+    if sqlite3 is not None and sqlite3.connect is _connect:
+        sqlite3.connect = _State.real_connect

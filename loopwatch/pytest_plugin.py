@@ -104,9 +104,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "loopwatch_allow(*entries): let this test block the loop with these calls, modules "
         "or call sites (no entry: anything)",
     )
-    enabled = config.getoption("loopwatch")
-    if enabled is None:
-        enabled = _ini_bool(config, "loopwatch")
+    enabled = _ini_bool(config, "loopwatch")  # checked even when the option decides
+    if config.getoption("loopwatch"):
+        enabled = True
     if not enabled:
         return
     allow = list(config.getini("loopwatch_allow"))
@@ -459,6 +459,16 @@ def _watched(
             state.findings.extend(watch.findings)
 
     return watched
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """Nothing of ours stays installed once the test's fixtures are torn down."""
+    try:
+        return (yield)
+    finally:
+        if STATE in item.stash:
+            blockingcalls.restore()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -201,6 +202,28 @@ def test_near_threshold_stalls_the_machine_caused_are_warnings(
     [finding] = watch.findings
     assert isinstance(finding, Finding)
     assert finding.noise is noise
+
+
+def test_a_stall_with_no_line_to_show_is_a_warning_however_long() -> None:
+    """async-lru's case: "blocked (wait) for 103.7 ms at unknown", an empty stack."""
+
+    def test_a() -> None: ...
+
+    watch = Watching(Session(0.1, []), test_a.__code__, [])
+    for stack, culprit in (((), "unknown"), (("/x/test_a.py:3 test_a",), "unknown")):
+        event = stall_event("wait", 0.5)
+        watch.stall(dataclasses.replace(event, stack=stack, culprit=culprit))
+    assert [f.noise for f in watch.findings] == [True, True]
+
+
+def test_a_stall_inside_a_debugger_is_no_finding() -> None:
+    def test_a() -> None: ...
+
+    watch = Watching(Session(0.1, []), test_a.__code__, [])
+    stack = ("/x/test_a.py:3 test_a", "/usr/lib/python3.11/bdb.py:90 trace_dispatch",
+             "/usr/lib/python3.11/pdb.py:350 interaction")  # fmt: skip
+    watch.stall(dataclasses.replace(stall_event("wait", 5.0), stack=stack))
+    assert watch.findings == []
 
 
 @pytest.mark.integration  # a pytest run in a subprocess
