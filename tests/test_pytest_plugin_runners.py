@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--loopwatch", "-p", "no:cacheprovider", *args)
 
 
-def report_of(pytester: pytest.Pytester, name: str = "report.json") -> dict[str, object]:
-    data: dict[str, object] = json.loads((pytester.path / name).read_text())
+def report_of(pytester: pytest.Pytester, name: str = "report.json") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((pytester.path / name).read_text())
     return data
 
 
@@ -162,7 +163,7 @@ def test_isolated_asyncio_test_cases_are_watched(pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=1, failed=1)
     report = report_of(pytester)
     assert report["watched"] == 2
-    assert list(report["blocked"]) == ["test_unit.py::Cases::test_sleeps"]  # type: ignore[call-overload]
+    assert list(report["blocked"]) == ["test_unit.py::Cases::test_sleeps"]
     assert "no test blocked" not in result.stdout.str()
 
 
@@ -225,7 +226,7 @@ def test_under_xdist_the_controller_adds_up_the_workers_findings(
     assert "test_many.py::test_blocks_a: time.sleep(0.001)" in output
     assert "test_many.py::test_blocks_b: time.sleep(0.001)" in output
     report = report_of(pytester)
-    assert sorted(report["blocked"]) == [  # type: ignore[call-overload]
+    assert sorted(report["blocked"]) == [
         "test_many.py::test_blocks_a",
         "test_many.py::test_blocks_b",
     ]
@@ -384,3 +385,28 @@ def test_nothing_is_printed_or_logged_into_a_tests_captured_output(
     output = result.stdout.str()
     assert "loopwatch: this test blocked the event loop" in output
     assert "Captured log call" not in output
+
+
+def test_a_warning_under_filterwarnings_error_is_no_internal_error(
+    pytester: pytest.Pytester,
+) -> None:
+    """anyio's suite turns every warning into an error: ours must not crash pytest."""
+    pytester.makeini(INI + "filterwarnings = error\n")
+    pytester.makepyfile(
+        test_noise="""
+        import asyncio
+        from loopwatch import pytest_plugin
+        from loopwatch.findings import Finding
+
+        async def test_with_a_stall_that_has_no_line():
+            await asyncio.sleep(0)
+            watch = pytest_plugin._audited[0].current
+            watch.add(Finding("stall", "the loop was blocked (wait)", 0.103, "unknown", None, noise=True))
+        """
+    )
+    result = run(pytester, "--loopwatch-report=report.json")
+    result.assert_outcomes(passed=1)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    assert list(report_of(pytester)["warnings"]) == [
+        "test_noise.py::test_with_a_stall_that_has_no_line"
+    ]
