@@ -1,8 +1,9 @@
 """``pytest --loopwatch`` on eight public projects' own test suites, as a new user runs it.
 
-Each project is installed from its sdist at a pinned version, with its test dependencies,
-into one venv (benchmarks/.suites-venv) beside this checkout of loopwatch; its tests run
-from the unpacked sdist, plain and with ``--loopwatch``, interleaved, ``--runs`` times.
+Each project is downloaded as its sdist at a pinned version, unpacked, and installed from
+there in editable mode (as its developers run it) with its test dependencies, into one venv
+(benchmarks/.suites-venv) beside this checkout of loopwatch; its tests run from the unpacked
+sdist, plain and with ``--loopwatch``, interleaved, ``--runs`` times.
 Per suite it records: crashes (an exit code of 2-4, INTERNALERROR), the tests that pass
 plain and fail with the plugin, and whether each of those carries a loopwatch verdict
 (its report names it), the verdicts, the warnings, the tests not watched, and the wall
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -141,6 +143,8 @@ def install(suites: list[Suite]) -> None:
                 tar.extractall(tmp, filter="data")
             [unpacked] = [p for p in Path(tmp).iterdir() if p.is_dir()]
             shutil.move(unpacked, target)
+        # As its developers run it: the package from its checkout, so its code is theirs.
+        sh(*pip, "--no-deps", "-e", target)
 
 
 def run_once(suite: Suite, watched: bool, out: Path) -> dict[str, object]:
@@ -158,15 +162,21 @@ def run_once(suite: Suite, watched: bool, out: Path) -> dict[str, object]:
         cmd += ["--loopwatch", f"--loopwatch-report={report}"]
         if suite.allow:
             cmd += ["-o", f"loopwatch_allow={suite.allow}"]
-    env = {**os.environ, "PYTHONPATH": str(WORK / "plugins"), "OUTCOMES": str(outcomes)}
+    # Bytecode cached, as on a user's machine (this VM's shell sets PYTHONDONTWRITEBYTECODE).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(WORK / "plugins"), OUTCOMES=str(outcomes))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         cmd, cwd=WORK / suite.name, env=env, capture_output=True, text=True, check=False
     )
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     output = done.stdout + done.stderr
     return {
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
         "exit": done.returncode,
         "crash": done.returncode in (2, 3, 4) or "INTERNALERROR" in output,
         "tail": output.strip().splitlines()[-3:],
@@ -221,6 +231,7 @@ def main() -> None:
             pair = {w: run_once(suite, w, out) for w in order}
             verdict = judge(pair[False], pair[True])
             verdict.update(plain_s=pair[False]["wall_s"], loopwatch_s=pair[True]["wall_s"],
+                           plain_cpu_s=pair[False]["cpu_s"], loopwatch_cpu_s=pair[True]["cpu_s"],
                            plain_exit=pair[False]["exit"], loopwatch_exit=pair[True]["exit"],
                            tail=pair[True]["tail"])  # fmt: skip
             runs[suite.name].append(verdict)
@@ -240,8 +251,11 @@ def main() -> None:
 def summarize(found: list[dict[str, object]]) -> dict[str, object]:
     plain = statistics.median(float(r["plain_s"]) for r in found)
     watched = statistics.median(float(r["loopwatch_s"]) for r in found)
+    plain_cpu = statistics.median(float(r["plain_cpu_s"]) for r in found)
+    watched_cpu = statistics.median(float(r["loopwatch_cpu_s"]) for r in found)
     return {
         "tests": max(int(r["tests"]) for r in found),
+        "cpu_ratio": round(watched_cpu / plain_cpu, 3),
         "plain_s": round(plain, 2),
         "loopwatch_s": round(watched, 2),
         "ratio": round(watched / plain, 3),
@@ -258,15 +272,15 @@ def summarize(found: list[dict[str, object]]) -> dict[str, object]:
 
 def table(summary: dict[str, dict[str, object]], machine: str) -> str:
     lines = [
-        f"Machine: {machine}. Median wall time of the pytest process over the runs.",
+        f"Machine: {machine}. Medians over the runs of the pytest process's wall time, and of its CPU time (user + system).",
         "",
-        "| suite | tests | watched / not | plain → loopwatch (s) | ratio | crashes | verdicts per run | failing without a verdict | warnings per run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| suite | tests | watched / not | plain → loopwatch (s) | wall | CPU | crashes | verdicts per run | failing without a verdict | warnings per run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         lines.append(
             f"| {name} | {s['tests']} | {s['watched']} / {s['not_watched']} | {s['plain_s']} → {s['loopwatch_s']} "
-            f"| {s['ratio']:.2f}x | {s['crashes']} | {s['verdicts_per_run']} | {len(s['without_verdict'])} "
+            f"| {s['ratio']:.2f}x | {s['cpu_ratio']:.2f}x | {s['crashes']} | {s['verdicts_per_run']} | {len(s['without_verdict'])} "
             f"| {s['warnings_per_run']} |"
         )
     return "\n".join(lines)

@@ -45,6 +45,9 @@ class TestWatcher:
             host=self.host,
         )
         self._beat: BusyBeat | TimerBeat | None = None
+        # Between tests the watchdog's thread stays on an idle heartbeat (one that never
+        # beats late): the next test retargets it, with no hand-over between threads.
+        self._idle = _Idle(stall_threshold)
 
     @property
     def stalls(self) -> int:
@@ -72,17 +75,27 @@ class TestWatcher:
             return None
         self._beat = beat
         self.occupant.last = ("", code, time.perf_counter(), math.inf)
-        self.watchdog.start(loop, heartbeat=beat)
+        if self.watchdog.running:
+            self.watchdog.retarget(loop, beat)
+        else:
+            self.watchdog.start(loop, heartbeat=beat)
         return runner
 
     def stop(self) -> None:
-        """Stop watching: a step still going ends now, and a stall it made is reported."""
+        """Stop watching: a step still going ends now, and a stall it made is reported.
+
+        With no stall to report the watchdog's thread is left running, idle; with one,
+        it is stopped, which reports it before this returns.
+        """
         beat, self._beat = self._beat, None
         if beat is None:
             return
         beat.finish()
         try:
-            self.watchdog.stop()
+            if self.watchdog.unreported():
+                self.watchdog.stop()
+            else:
+                self.watchdog.retarget(None, self._idle)
         finally:
             beat.detach()
             self.occupant.last = ("", None, 0.0, 0.0)
@@ -91,6 +104,21 @@ class TestWatcher:
         """End the watchdog's thread and its native dump (at the session's end)."""
         self.watchdog.close()
         self.host.close()
+
+
+class _Idle:
+    """The heartbeat of no loop: always just beaten, never late."""
+
+    resolution_s = 0.0
+    last_long_lag = (0.0, 0.0)
+
+    def __init__(self, stall_threshold_s: float) -> None:
+        self.stall_threshold_s = stall_threshold_s
+
+    @property
+    def last_beat(self) -> float:
+        """Now."""
+        return time.perf_counter()
 
 
 def _trio_beat(stall_threshold: float) -> TrioBeat | None:

@@ -114,6 +114,7 @@ class StallWatchdog:
         self._dump: NativeDump | None = None
         self._gc = causes.GcTracker()
         self._stopped = threading.Event()
+        self._stopped.set()  # until ``start``
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_ident = 0
@@ -163,6 +164,30 @@ class StallWatchdog:
             return
         self._thread = threading.Thread(target=self.run, name="loopwatch-watchdog", daemon=True)
         self._thread.start()
+
+    def retarget(self, loop: asyncio.AbstractEventLoop | None, heartbeat: Heartbeat) -> None:
+        """Watch another loop from now on, without stopping (call from that loop's thread).
+
+        For a test session: a watchdog left running between tests on an idle heartbeat
+        is pointed at the next test's loop, with no hand-over to its thread. Only when
+        ``unreported`` is false: a stall still to report needs ``stop``.
+        """
+        native_id = threading.get_native_id()
+        if self._baseline_thread != native_id:
+            self._baseline = None  # another thread's figures: read afresh
+        self._loop = loop
+        self._loop_ident = threading.get_ident()
+        self._loop_native_id = native_id
+        self._probe = heartbeat
+
+    @property
+    def running(self) -> bool:
+        """Whether it watches (started, and neither stopped nor ended by its loop's close)."""
+        return not self._stopped.is_set()
+
+    def unreported(self) -> bool:
+        """Whether the heartbeat holds a stall that no report has covered yet."""
+        return self._probe.last_long_lag[0] > self._reported_beat
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop watching; a stall still in progress and held-back repeats are logged.
@@ -247,8 +272,8 @@ class StallWatchdog:
         A test whose last step blocks ends with it: the loop thread marks the stall's end
         and stops the watchdog at once, so this look, not a wait, reports it.
         """
-        if self._loop_is_gone:
-            return
+        if self._loop_is_gone or self._probe.last_long_lag[0] <= self._reported_beat:
+            return  # the usual case: nothing unseen, nothing to read
         try:
             reading = self._read()
             if self._baseline is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,22 @@ def test_pytests_faulthandler_timeout_still_fires_with_the_plugin_on(
     result = pytester.runpytest_subprocess("--loopwatch", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     assert "Timeout (0:00:01)!" in result.stderr.str()
+
+
+@pytest.mark.integration  # a fresh interpreter
+def test_the_tests_watcher_imports_neither_prometheus_client_nor_structlog() -> None:
+    """Most of the plugin's old cost on trivial tests was importing the production watcher."""
+    code = (
+        "import sys, asyncio, loopwatch.pytest_plugin as p\n"
+        "s = p.Session(0.1, [])\n"
+        "async def main():\n"
+        "    w = s.watcher_for_tests()\n"
+        "    assert w.start() == 'asyncio'\n"
+        "    await asyncio.sleep(0.01)\n"
+        "    w.stop()\n"
+        "    w.close()\n"
+        "asyncio.run(main())\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'prometheus_client', 'structlog', 'pydantic', 'rich'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stderr
