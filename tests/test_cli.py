@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,28 @@ def test_any_import_failure_is_a_config_error_without_traceback(
     assert "workers[0].target" in err
     assert expected in err
     assert "Traceback" not in err
+
+
+def test_check_shows_every_class_of_error_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A schema error and a target that does not resolve, in one run: both are named."""
+    path = write(
+        tmp_path,
+        "[probe]\nresolution = -1\n"
+        + worker_toml("bad", "loopwatch.daemon.workloads:countdown", "thread", interval=-1)
+        + worker_toml("gone", "no_such_module_here:fn", "thread")
+        + worker_toml("fine", "loopwatch.daemon.workloads:countdown", "thread"),
+    )
+    saved = list(sys.path)
+    assert run_cli(["check", "-c", str(path)]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "probe.resolution" in err
+    assert "workers[0].interval" in err
+    assert "workers[1].target" in err
+    assert "no_such_module_here" in err
+    assert "workers[2]" not in err
+    assert sys.path == saved
 
 
 def test_run_exits_69_when_a_strategy_cannot_start(

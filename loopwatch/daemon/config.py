@@ -254,7 +254,7 @@ def load_config(path: Path | None, environ: Mapping[str, str] | None = None) -> 
     try:
         cfg = _anchor_import_path(DaemonConfig.model_validate(raw), path)
     except ValidationError as exc:
-        lines = _format_errors(exc)
+        lines = _format_errors(exc) + _cross_check_parts(raw, path)
         raise ConfigError(_invalid(path, lines, overrides), _name_env(lines, overrides)) from None
     problems = cross_check(cfg)
     if problems:
@@ -387,16 +387,46 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
-def cross_check(cfg: DaemonConfig) -> list[str]:
+def _cross_check_parts(raw: dict[str, Any], path: Path | None) -> list[str]:
+    """What ``cross_check`` says of the parts that passed the schema.
+
+    A config with a schema error is cross-checked too, part by part (the daemon section,
+    each worker that validates on its own), so one ``check`` shows every class of error,
+    as pydantic shows every schema error. ``sys.path`` is left as it was.
+    """
+    section = raw.get("daemon", {})
+    try:
+        daemon = DaemonSectionConfig.model_validate(section)
+    except ValidationError:
+        daemon = DaemonSectionConfig()
+    workers: list[tuple[int, WorkerConfig]] = []
+    found = raw.get("workers", [])
+    for i, worker in enumerate(found if isinstance(found, list) else []):
+        try:
+            workers.append((i, WorkerConfig.model_validate(worker)))
+        except ValidationError:
+            continue  # its schema errors are listed already
+    saved_path = list(sys.path)
+    try:
+        cfg = _anchor_import_path(DaemonConfig(daemon=daemon), path)
+        return cross_check(cfg, workers)
+    finally:
+        sys.path[:] = saved_path
+
+
+def cross_check(
+    cfg: DaemonConfig, workers: list[tuple[int, WorkerConfig]] | None = None
+) -> list[str]:
     """Cross-checks that need imports: targets and factories resolve and suit their strategy.
 
     ``daemon.import_path`` is put on ``sys.path`` first, so targets resolve from it; when
-    a problem is found, ``sys.path`` is left as it was.
+    a problem is found, ``sys.path`` is left as it was. ``workers``: which to check, with
+    their index in the file (all of ``cfg``'s by default).
     """
     saved_path = list(sys.path)
     problems = _check_import_path(cfg.daemon.import_path)
     targets.prepend_import_path(cfg.daemon.import_path)
-    problems.extend(_check_workers(cfg))
+    problems.extend(_check_workers(list(enumerate(cfg.workers)) if workers is None else workers))
     if cfg.daemon.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         problems.append('daemon.loop: "uvloop" is not installed: pip install "loopwatch[uvloop]"')
     if problems:
@@ -438,10 +468,10 @@ def _modules_in(directory: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _check_workers(cfg: DaemonConfig) -> list[str]:
+def _check_workers(workers: list[tuple[int, WorkerConfig]]) -> list[str]:
     problems = []
     first_index: dict[str, int] = {}
-    for i, worker in enumerate(cfg.workers):
+    for i, worker in workers:
         where = f"workers[{i}]"
         if worker.name in first_index:
             problems.append(
