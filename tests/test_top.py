@@ -43,12 +43,29 @@ def test_delta_quantile_and_rate_read_only_the_interval() -> None:
     for _ in range(10):
         lag.observe(0.5)
     after = scrape_of(registry, at=12.0)
-    assert delta_quantile(before, after, LAG, 0.5) == pytest.approx(0.55)
+    assert delta_quantile(before, after, LAG, 0.5) == pytest.approx(0.5)  # all in one bucket
     assert rate(before, after, LAG + "_count") == pytest.approx(5.0)
     view = View("http://x/metrics")
     view.add(before)
     view.add(after)
-    assert list(view.lag_p99) == [pytest.approx(0.991)]
+    assert list(view.lag_p99) == [pytest.approx(0.5)]
+
+
+def test_calls_all_in_one_bucket_read_as_their_mean_not_the_bucket_top() -> None:
+    """0.3 s calls in the (0.25, 0.5] bucket: "p99 call 497.5 ms" said linear interpolation."""
+    registry = CollectorRegistry()
+    name = "loopwatch_task_duration_seconds"
+    calls = Histogram(name, "calls", buckets=(0.1, 0.25, 0.5, 1.0), registry=registry)
+    calls.observe(0.01)
+    before = scrape_of(registry, at=1.0)
+    for _ in range(20):
+        calls.observe(0.3)
+    after = scrape_of(registry, at=2.0)
+    assert delta_quantile(before, after, name, 0.99) == pytest.approx(0.3)
+    calls.observe(0.05)  # spread over two buckets: Prometheus' interpolation again
+    assert delta_quantile(before, scrape_of(registry, at=3.0), name, 0.99) == pytest.approx(
+        0.25 + 0.25 * (0.99 * 21 - 1) / 20
+    )
 
 
 def test_a_restarted_endpoint_starts_a_new_interval() -> None:

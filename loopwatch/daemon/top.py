@@ -221,7 +221,37 @@ def delta_quantile(prev: Scrape, cur: Scrape, name: str, q: float, **labels: str
             continue
         before = prev.value(name + "_bucket", le=le, **labels) or 0.0
         buckets.append((float(le), value - before))
-    return quantile(buckets, q)
+    estimate = quantile(buckets, q)
+    within = _one_bucket(buckets)
+    if estimate is None or within is None:
+        return estimate
+    # Every observation of the interval fell in one bucket: their mean (from _sum and
+    # _count) says more than interpolating to the bucket's top (0.3 s calls in the
+    # (0.25, 0.5] bucket read "p99 497.5 ms").
+    count = _delta(prev, cur, name + "_count", labels)
+    total = _delta(prev, cur, name + "_sum", labels)
+    if not count or total is None:
+        return estimate
+    low, high = within
+    return min(max(total / count, low), high)
+
+
+def _one_bucket(buckets: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(lower, upper bound) of the one finite bucket holding every observation, if so."""
+    ranked = sorted(buckets)
+    if not ranked or ranked[-1][1] <= 0:
+        return None
+    total, lower = ranked[-1][1], 0.0
+    for le, count in ranked:
+        if count > 0:
+            return (lower, le) if count == total and not math.isinf(le) else None
+        lower = le
+    return None
+
+
+def _delta(prev: Scrape, cur: Scrape, name: str, labels: dict[str, str]) -> float | None:
+    now, before = cur.value(name, **labels), prev.value(name, **labels)
+    return None if now is None else now - (before or 0.0)
 
 
 def rate(prev: Scrape, cur: Scrape, name: str, **labels: str) -> float | None:
@@ -448,7 +478,14 @@ def first_view(reader: Reader, interval_s: float) -> View:
 
 
 def live(reader: Reader, view: View, interval_s: float, console: Console) -> None:
-    """Refresh ``view`` every ``interval_s`` until interrupted; an outage is shown, not fatal."""
+    """Refresh ``view`` every ``interval_s`` until interrupted; an outage is shown, not fatal.
+
+    Piped (``top | tee log``), there is no screen to redraw: each refresh is printed in
+    turn, as it comes. Rich's ``Live`` on a non-terminal prints only its last frame, at exit.
+    """
+    if not console.is_terminal:
+        _stream(reader, view, interval_s, console)
+        return
     with (
         _keys() as pressed,
         Live(view.render(), console=console, auto_refresh=False, screen=False) as screen,
@@ -459,6 +496,19 @@ def live(reader: Reader, view: View, interval_s: float, console: Console) -> Non
             except ScrapeError as exc:
                 view.problem = str(exc)
             screen.update(view.render(), refresh=True)
+
+
+def _stream(reader: Reader, view: View, interval_s: float, console: Console) -> None:
+    """One frame per refresh, flushed, each under the time it was taken."""
+    while True:
+        console.rule(time.strftime("%H:%M:%S"))
+        console.print(view.render())
+        console.file.flush()
+        time.sleep(interval_s)
+        try:
+            view.add(reader.scrape())
+        except ScrapeError as exc:
+            view.problem = str(exc)
 
 
 @contextlib.contextmanager

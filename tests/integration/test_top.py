@@ -60,6 +60,33 @@ def test_once_prints_the_loop_the_last_stalls_workers_and_pools(
     daemon.stop()
 
 
+def test_piped_live_view_streams_a_frame_per_refresh(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """``loopwatch top | tee log``: each refresh is printed as it comes, not all at exit."""
+    config = write_config(WORKERS)
+    daemon = start_daemon(config)
+    daemon.wait_ready()
+    viewer = subprocess.Popen(
+        [sys.executable, "-m", "loopwatch.daemon", "top", "-c", str(config), "--interval", "0.3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        text=True, cwd=ROOT, env=ENV,
+    )  # fmt: skip
+    try:
+        assert viewer.stdout is not None
+        frames = 0
+        for line in viewer.stdout:  # blocks until the viewer writes: no frame, no pass
+            frames += "loop lag" in line
+            if frames == 2:
+                break
+        assert frames == 2
+        assert viewer.poll() is None  # still running: the frames came while it ran
+    finally:
+        viewer.terminate()
+        viewer.communicate(timeout=10)  # and closes its pipes
+        daemon.stop()
+
+
 def test_once_reads_any_url_and_an_unreachable_one_exits_69() -> None:
     url = f"http://127.0.0.1:{free_port()}/metrics"
     result = top("--url", url, "--once")
