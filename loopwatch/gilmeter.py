@@ -30,7 +30,7 @@ from collections import defaultdict
 from time import perf_counter
 from typing import Any
 
-from loopwatch import targets
+from loopwatch import crossing, targets
 
 # How long each sample holds the GIL.
 HOLD_S = 0.0003
@@ -54,14 +54,23 @@ class Measured:
 
     Picklable when the target is: the same wrapper runs in a thread and in a process
     pool child. With ``key`` set (threads), the GilMeter samples the call while it runs.
+    With ``probe``, the call's payload and result are pickled afterwards on its thread
+    (``crossing.probe``, bounded): whether a process could take it, and at what cost,
+    found off the loop; the outcome is left in ``probed``. With ``seal`` (a process
+    pool child), the result goes back ``crossing.Sealed``: unpicklable, it fails by name.
     ``__wrapped__`` lets stall reports name the target, not this wrapper.
     """
 
-    __slots__ = ("__wrapped__", "key")
+    __slots__ = ("__wrapped__", "key", "probe", "probed", "seal")
 
-    def __init__(self, fn: targets.Target, key: str | None) -> None:
+    def __init__(
+        self, fn: targets.Target, key: str | None, *, probe: bool = False, seal: bool = False
+    ) -> None:
         self.__wrapped__ = fn
         self.key = key
+        self.probe = probe
+        self.seal = seal
+        self.probed: tuple[tuple[float, int] | str, tuple[float, int] | str] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
         """Run the target; return its result, and the CPU and wall seconds it took."""
@@ -77,13 +86,18 @@ class Measured:
                 result = targets.drive(self.__wrapped__, args, kwargs)
             finally:
                 MEASURING.pop(native, None)
-        return result, time.thread_time() - cpu_at_start, perf_counter() - started
+        cpu, wall = time.thread_time() - cpu_at_start, perf_counter() - started
+        if self.probe:
+            sent = crossing.probe((self.__wrapped__, args, kwargs))
+            self.probed = (sent, crossing.probe(result) if isinstance(sent, tuple) else sent)
+        return (crossing.Sealed(result) if self.seal else result), cpu, wall
 
-    def __getstate__(self) -> tuple[targets.Target, str | None]:
-        return self.__wrapped__, self.key
+    def __getstate__(self) -> tuple[targets.Target, str | None, bool]:
+        return self.__wrapped__, self.key, self.seal
 
-    def __setstate__(self, state: tuple[targets.Target, str | None]) -> None:
-        self.__wrapped__, self.key = state
+    def __setstate__(self, state: tuple[targets.Target, str | None, bool]) -> None:
+        self.__wrapped__, self.key, self.seal = state
+        self.probe, self.probed = False, None
 
 
 class _ThreadFiles:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -274,3 +275,15 @@ def hold_gil_for(seconds: float = 4.0) -> float:
 def parse_json(path: str) -> int:
     """``json.loads`` of a file's document: one long C call that keeps the GIL."""
     return len(json.loads(Path(path).read_bytes())["records"])
+
+
+def count_logged(path: str, n: int = 2_000_000, give: object = None, lock: bool = False) -> object:
+    """``count``, one line appended to ``path`` per run (any process); a lock back if asked.
+
+    ``give`` is only carried (an argument a process may not take); ``lock`` returns a
+    ``threading.Lock``, a result no process can send back.
+    """
+    with Path(path).open("a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()}\n")
+    total = count(n)
+    return threading.Lock() if lock else total

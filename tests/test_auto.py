@@ -6,14 +6,15 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 import loopwatch
 from loopwatch.choice import MOVE_GIL_SHARE, Evidence, choose
 from loopwatch.gilmeter import MEASURING, GilMeter, Measured
-from loopwatch.strategies import AutoStrategy, Call
+from loopwatch.strategies import AutoStrategy, Call, ThreadStrategy
 from tests import targets
 from tests.helpers import library_logs
 from tests.waiting import wait_until
@@ -239,6 +240,139 @@ async def test_every_call_runs_once_across_a_move() -> None:
     finally:
         await auto.aclose(5.0)
     assert sorted(results) == sorted({i * 1000 + j for i in range(3) for j in range(40)})
+
+
+async def _moved_to_process(auto: AutoStrategy, name: str, path: str) -> loopwatch.Offload:
+    """Call a CPU-bound target through ``auto`` until it runs ``name`` in a process."""
+    offload = loopwatch.Offload(auto, name=name)
+    started = time.monotonic()
+
+    async def slot() -> None:
+        while auto.runs_as(name) != "process" and time.monotonic() - started < 60:
+            await offload(targets.count_logged, path, 300_000)
+
+    await asyncio.wait_for(asyncio.gather(slot(), slot()), timeout=90)
+    assert auto.runs_as(name) == "process"
+    return offload
+
+
+def _runs(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+async def test_a_result_that_cannot_come_back_sends_the_caller_to_thread_for_good(
+    tmp_path: Path,
+) -> None:
+    """#33: a target moved to process that later returns a lock failed every call, for ever."""
+    auto = AutoStrategy(window=0.5, confirm=1, min_dwell=0.0)
+    path = tmp_path / "runs"
+    try:
+        with library_logs() as logs:
+            offload = await _moved_to_process(auto, "locky", str(path))
+            before = _runs(path)
+            with pytest.raises(loopwatch.StrategyError, match="_thread.lock"):
+                await offload(targets.count_logged, str(path), 1000, lock=True)
+            assert _runs(path) == before + 1  # it ran once, and is not run again
+            for _ in range(20):  # every later call runs, on a thread
+                assert isinstance(
+                    await offload(targets.count_logged, str(path), 1000, lock=True),
+                    type(threading.Lock()),
+                )
+            await asyncio.sleep(1.2)  # two windows: it is not moved back
+            await offload(targets.count_logged, str(path), 300_000)
+    finally:
+        await auto.aclose(5.0)
+    assert _runs(path) == before + 22
+    assert auto.runs_as("locky") == "thread"
+    back = [e for e in logs if e["event"] == "strategy_switched" and e["to"] == "thread"]
+    assert len(back) == 1
+    assert back[0]["worker"] == "locky"
+    assert "_thread.lock" in back[0]["reason"]
+    assert "for good" in auto.decisions()[0]["reason"]
+
+
+async def test_arguments_that_cannot_go_run_the_call_on_a_thread_once(tmp_path: Path) -> None:
+    auto = AutoStrategy(window=0.5, confirm=1, min_dwell=0.0)
+    path = tmp_path / "runs"
+    try:
+        with library_logs() as logs:
+            offload = await _moved_to_process(auto, "argy", str(path))
+            before = _runs(path)
+            assert await offload(targets.count_logged, str(path), 1000, give=threading.Lock()) == 0
+            assert await offload(targets.count_logged, str(path), 1000, give=threading.Lock()) == 0
+    finally:
+        await auto.aclose(5.0)
+    assert _runs(path) == before + 2  # neither lost nor run twice
+    assert auto.runs_as("argy") == "thread"
+    back = [e for e in logs if e["event"] == "strategy_switched" and e["to"] == "thread"]
+    assert len(back) == 1
+    assert "arguments cannot go to a process" in back[0]["reason"]
+
+
+def test_auto_decides_again_on_a_second_loop(tmp_path: Path) -> None:
+    """#33: its tick stayed on the first loop, closed, and no decision came again."""
+    auto = AutoStrategy(window=0.5, confirm=1, min_dwell=0.0)
+    path = tmp_path / "runs"
+
+    async def first() -> None:
+        await auto.call(Call(targets.count, {"n": 1000}, "first"), 10.0)
+
+    async def second() -> None:
+        try:
+            await _moved_to_process(auto, "second", str(path))
+        finally:
+            await auto.aclose(5.0)
+
+    asyncio.run(first())
+    asyncio.run(second())
+    assert auto.runs_as("second") == "process"
+
+
+class _Reduced:
+    """An argument that records the thread that pickles it."""
+
+    threads: ClassVar[list[str]] = []
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        self.threads.append(threading.current_thread().name)
+        return (_Reduced, ())
+
+
+async def test_the_pickling_check_runs_off_the_loop() -> None:
+    auto = AutoStrategy(window=60)
+    _Reduced.threads.clear()
+    try:
+        await auto.call(Call(_takes_any, {}, "checked", (_Reduced(),)), 10.0)
+    finally:
+        await auto.aclose(5.0)
+    assert _Reduced.threads  # it was checked
+    assert threading.main_thread().name not in _Reduced.threads
+
+
+def _takes_any(value: object) -> int:
+    return 0
+
+
+async def test_a_shared_pool_too_small_is_named_as_the_bottleneck() -> None:
+    auto = AutoStrategy(window=0.3, min_dwell=60.0)
+    pool = ThreadStrategy(max_workers=2)
+    auto.bind({"thread": pool})
+    offload = loopwatch.Offload(auto, name="io")
+    started = time.monotonic()
+
+    async def slot() -> None:
+        while time.monotonic() - started < 1.5:
+            await offload(targets.block, 0.05)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(slot() for _ in range(6))), timeout=30)
+    finally:
+        await auto.aclose(5.0)
+        await pool.aclose(5.0)
+    [decision] = auto.decisions()
+    assert "the shared thread pool is the bottleneck" in decision["bottleneck"]
+    assert "of its 2 slots" in decision["bottleneck"]
+    assert "[executors.thread] max_workers" in decision["bottleneck"]
 
 
 def test_the_meters_proc_files_are_not_inherited_by_a_child() -> None:

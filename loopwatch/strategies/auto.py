@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pickle
 from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Any, Literal, Self
 
 from loopwatch import targets
 from loopwatch.choice import Choice, Evidence, Fit, choose
+from loopwatch.crossing import SealedCall, UnpicklableError
 from loopwatch.errors import StrategyError
 from loopwatch.events import emit
 from loopwatch.gilmeter import GilMeter, Measured
@@ -36,8 +36,12 @@ from loopwatch.strategies.process import ProcessStrategy
 from loopwatch.strategies.thread import ThreadStrategy
 
 log = logging.getLogger("loopwatch.strategies")
+Probe = tuple[float, int] | str  # crossing.probe's outcome
 
 Mode = Literal["switch", "advise"]
+# A shared pool with calls waiting for a slot in this share of a window's samples is
+# named as the bottleneck in the decisions (``/auto``, ``loopwatch top``).
+BOTTLENECK_SHARE = 0.5
 # How long a caller's old strategy gets to close the clients ``setup`` made there.
 CLOSE_CLIENTS_S = 2.0
 
@@ -62,11 +66,17 @@ class _Caller:
     wanted: Fit | None = None
     streak: int = 0
     advised: Fit | None = None
+    # Pickling is probed on a pool thread once a window (``crossing.probe``): off the loop.
+    probe_due: bool = True
+    told_unpicklable: bool = False
+    # A call that could not cross to or from a process: back on thread for good.
+    pinned: bool = False
     left_at: dict[str, float] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)
 
     def reset_window(self, now: float) -> None:
         self.calls, self.wall_s, self.cpu_s, self.window_started = 0, 0.0, 0.0, now
+        self.probe_due = True
 
 
 class AutoStrategy(Strategy):
@@ -105,6 +115,11 @@ class AutoStrategy(Strategy):
         self._callers: dict[str, _Caller] = {}
         self._meter = GilMeter()
         self._tick: asyncio.TimerHandle | None = None
+        self._tick_loop: asyncio.AbstractEventLoop | None = None
+        # Per shared pool, this window: [samples, samples with calls queued, most queued];
+        # and what the last window said of it (None: not a bottleneck).
+        self._pool_samples: dict[str, list[int]] = {}
+        self.bottlenecks: dict[str, str | None] = {}
         self._next_decision = 0.0
         self._closers: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -145,6 +160,11 @@ class AutoStrategy(Strategy):
                 "switches": c.switches,
                 "mode": self.mode,
                 **({"advice": c.advised} if self.mode == "advise" and c.advised else {}),
+                **(
+                    {"bottleneck": self.bottlenecks[c.strategy]}
+                    if self.bottlenecks.get(c.strategy)
+                    else {}
+                ),
             }
             for c in list(self._callers.values())
         ]
@@ -157,24 +177,93 @@ class AutoStrategy(Strategy):
         key = call.worker or _name_of(call.fn)
         caller = self._callers.get(key)
         if caller is None:
-            caller = self._new_caller(key, call)
+            caller = self._new_caller(key)
         name = caller.strategy
         inner = self._strategies.get(name) or await self._own(name)
-        measured = Measured(call.fn, key if name == "thread" else None)
         caller.in_flight[name] += 1
         try:
-            result, cpu_s, wall_s = await inner.call(
-                Call(measured, call.kwargs, call.worker, call.args), timeout
-            )
+            ran = await self._run(caller, name, inner, call, timeout)
         finally:
             caller.in_flight[name] -= 1
             if name != caller.strategy and not caller.in_flight[name]:
                 self._close_left_behind(caller, name)
+        if ran is None:
+            return await self.call(call, timeout)  # its arguments never left: it has not run
+        result, cpu_s, wall_s = ran
         if name == caller.strategy:
             caller.calls += 1
             caller.cpu_s += cpu_s
             caller.wall_s += wall_s
         return result
+
+    async def _run(
+        self, caller: _Caller, name: str, inner: Strategy, call: Call, limit_s: float
+    ) -> tuple[Any, float, float] | None:
+        """One call on ``inner``: its outcome, or None when its arguments could not cross."""
+        if name == "process":
+            # Sealed both ways: what cannot cross fails as UnpicklableError, by side.
+            measured = Measured(call.fn, None, seal=True)
+            sent = Call(SealedCall(measured, call.args, call.kwargs), {}, call.worker)
+        else:
+            measured = Measured(call.fn, caller.key, probe=caller.probe_due)
+            caller.probe_due = False
+            sent = Call(measured, call.kwargs, call.worker, call.args)
+        try:
+            ran: tuple[Any, float, float] = await inner.call(sent, limit_s)
+        except UnpicklableError as exc:
+            self._pin_to_thread(caller, exc)
+            if exc.side == "result":
+                raise  # it ran, once, in the process: running it again would be twice
+            return None
+        except BaseException:
+            caller.probe_due = caller.probe_due or measured.probe
+            raise
+        if measured.probed is not None:
+            self._probed(caller, *measured.probed)
+        return ran
+
+    def _probed(self, caller: _Caller, sent: Probe, back: Probe) -> None:
+        """A thread call's pickling, probed on its thread: the evidence of the window."""
+        if isinstance(sent, tuple) and isinstance(back, tuple):
+            caller.pickle_s, caller.pickle_bytes = sent[0] + back[0], sent[1] + back[1]
+            return
+        caller.pickle_s = float("inf")
+        error = sent if isinstance(sent, str) else back
+        if caller.told_unpicklable or caller.pinned:
+            return  # said once; a pinned caller's reason says why already
+        caller.told_unpicklable = True
+        caller.reason = f"stays on thread: a process cannot take it ({error})"
+        emit(
+            log,
+            logging.INFO,
+            "strategy_advice",
+            f"{caller.key}: {caller.reason}",
+            worker=caller.key,
+            **_direction("thread", "thread"),
+            reason=caller.reason,
+            mode=self.mode,
+        )
+
+    def _pin_to_thread(self, caller: _Caller, exc: UnpicklableError) -> None:
+        """A call could not cross to or from its process: back to thread, for good, said once."""
+        if caller.pinned:
+            return
+        old = caller.strategy
+        caller.pinned = True
+        caller.pickle_s = float("inf")
+        caller.strategy, caller.since = "thread", perf_counter()
+        caller.switches += 1
+        caller.reason = f"back on thread for good: {exc}"
+        emit(
+            log,
+            logging.WARNING,
+            "strategy_switched",
+            f"{caller.key}: {old} -> thread: {caller.reason}",
+            worker=caller.key,
+            **_direction(old, "thread"),
+            reason=caller.reason,
+            mode=self.mode,
+        )
 
     def fit(self, caller: str) -> Choice | None:
         """The rule's choice for ``caller`` on the evidence since its last decision, if any.
@@ -186,29 +275,11 @@ class AutoStrategy(Strategy):
             return None
         return choose(self.evidence(found, perf_counter()))
 
-    def _new_caller(self, key: str, call: Call) -> _Caller:
+    def _new_caller(self, key: str) -> _Caller:
         now = perf_counter()
         caller = self._callers[key] = _Caller(key, since=now, dwell=self.min_dwell)
         caller.reset_window(now)
         caller.stall_mark = self._occupant.gil_stalls.get(key, 0.0)
-        started = perf_counter()
-        try:
-            caller.pickle_bytes = len(pickle.dumps((call.fn, call.args, call.kwargs)))
-            caller.pickle_s = perf_counter() - started
-        except Exception as exc:  # anything a __reduce__ may raise
-            caller.pickle_s = float("inf")
-            error = f"{type(exc).__name__}: {exc}"
-            caller.reason = f"stays on thread: a process cannot take it ({error})"
-            emit(
-                log,
-                logging.INFO,
-                "strategy_advice",
-                f"{key} stays on thread: {caller.reason}",
-                worker=key,
-                **_direction("thread", "thread"),
-                reason=caller.reason,
-                mode=self.mode,
-            )
         return caller
 
     async def _own(self, name: str) -> Strategy:
@@ -241,19 +312,62 @@ class AutoStrategy(Strategy):
         task.add_done_callback(self._closers.discard)
 
     def _ensure_ticking(self) -> None:
-        if self._tick is None and not self.closed:
-            loop = asyncio.get_running_loop()
-            self._next_decision = perf_counter() + self.window
-            self._tick = loop.call_later(self.sample_interval, self._on_tick, loop)
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if self._tick is not None:
+            ticking_on = self._tick_loop
+            if ticking_on is loop or (ticking_on is not None and ticking_on.is_running()):
+                return
+            # Its loop has ended (an asyncio.run before this one): tick on this one now,
+            # or no decision would ever come again.
+            self._tick.cancel()
+        self._tick_loop = loop
+        self._next_decision = perf_counter() + self.window
+        self._tick = loop.call_later(self.sample_interval, self._on_tick, loop)
 
     def _on_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         self._meter.sample()
+        self._sample_pools()
         now = perf_counter()
         if now >= self._next_decision:
             self._next_decision = now + self.window
+            self._judge_pools()
             for caller in list(self._callers.values()):
                 self._decide(caller, now)
         self._tick = loop.call_later(self.sample_interval, self._on_tick, loop)
+
+    def _sample_pools(self) -> None:
+        for name in self.delegates:
+            strategy = self._strategies.get(name)
+            gauges = None if strategy is None else strategy.gauges()
+            if gauges is None or gauges.queued is None:
+                continue
+            found = self._pool_samples.setdefault(name, [0, 0, 0])
+            found[0] += 1
+            if gauges.queued:
+                found[1] += 1
+                found[2] = max(found[2], gauges.queued)
+
+    def _judge_pools(self) -> None:
+        """Which shared pool made calls wait for a slot in most of the window's samples.
+
+        Callers share the ``thread`` and ``process`` pools: a pool too small for them made
+        an I/O caller's calls wait 481 ms at p99, and no decision said so.
+        """
+        for name, (samples, waiting, most) in self._pool_samples.items():
+            strategy = self._strategies.get(name)
+            gauges = None if strategy is None else strategy.gauges()
+            capacity = None if gauges is None else gauges.capacity
+            share = waiting / samples if samples else 0.0
+            self.bottlenecks[name] = (
+                f"the shared {name} pool is the bottleneck: calls waited for one of its "
+                f"{capacity} slots in {share:.0%} of the window (up to {most} at once); "
+                f"raise [executors.{name}] max_workers"
+                if share >= BOTTLENECK_SHARE
+                else None
+            )
+        self._pool_samples.clear()
 
     def evidence(self, caller: _Caller, now: float) -> Evidence:
         """The window's figures of ``caller`` (and its meter readings, which are taken)."""
@@ -275,8 +389,8 @@ class AutoStrategy(Strategy):
         )
 
     def _decide(self, caller: _Caller, now: float) -> None:
-        if not caller.calls:
-            return  # a call longer than the window: its evidence comes when it ends
+        if not caller.calls or caller.pinned:
+            return  # a call longer than the window, or pinned: nothing to decide
         evidence = self.evidence(caller, now)
         caller.reset_window(now)
         choice = choose(evidence)
