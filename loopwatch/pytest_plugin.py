@@ -240,7 +240,7 @@ class Session:
         self.blocked: dict[str, list[Finding]] = {}
         self.warned: dict[str, list[Finding]] = {}
         self.not_watched: list[str] = []
-        self.watched = 0
+        self.watched: set[str] = set()  # node ids: a test with subtests reports each part
         self.report_error: str | None = None
 
     def stall(self, event: StallEvent) -> None:
@@ -288,12 +288,12 @@ class Session:
         """A test's findings, from its report (this process's, or a worker's)."""
         state = data.get("state")
         if state == "watched":
-            self.watched += 1
-        elif state == "not watched":
+            self.watched.add(nodeid)
+        elif state == "not watched" and nodeid not in self.not_watched:
             self.not_watched.append(nodeid)
         blocked = [Finding.from_dict(f) for f in data.get("blocked", [])]
         warned = [Finding.from_dict(f) for f in data.get("warned", [])]
-        if blocked:
+        if blocked:  # each part of a test reports the test's findings: kept once
             self.blocked[nodeid] = blocked
         if warned:
             self.warned[nodeid] = warned
@@ -544,7 +544,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     report = {
         "threshold": watching.threshold,
-        "watched": watching.watched,
+        "watched": len(watching.watched),
         "not_watched": watching.not_watched,
         "blocked": {k: [f.as_dict() for f in v] for k, v in watching.blocked.items()},
         "warnings": {k: [f.as_dict() for f in v] for k, v in watching.warned.items()},
@@ -571,7 +571,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     threshold = f"threshold {watching.threshold:g} s"
     if not watching.blocked:
         tests = "no watched test" if watching.not_watched else "no test"
-        write(f"{tests} blocked the loop ({watching.watched} watched, {threshold})")
+        write(f"{tests} blocked the loop ({len(watching.watched)} watched, {threshold})")
     for nodeid, found in watching.blocked.items():
         more = f" (+{len(found) - 1})" if len(found) > 1 else ""
         write(f"{nodeid}: {found[0].line()}{more}")

@@ -157,12 +157,17 @@ def test_isolated_asyncio_test_cases_are_watched(pytester: pytest.Pytester) -> N
             async def test_fine(self):
                 await asyncio.sleep(0.01)
                 self.assertTrue(self.ready)
+
+            async def test_in_parts(self):
+                for i in range(3):
+                    with self.subTest(i=i):
+                        await asyncio.sleep(0)
         """
     )
     result = run(pytester, "--loopwatch-report=report.json")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
     report = report_of(pytester)
-    assert report["watched"] == 2
+    assert report["watched"] == 3  # tests, not reports: subtests report each part
     assert list(report["blocked"]) == ["test_unit.py::Cases::test_sleeps"]
     assert "no test blocked" not in result.stdout.str()
 
