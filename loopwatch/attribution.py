@@ -52,6 +52,8 @@ class Look:
     loop_stack: tuple[str, ...] = ()
     # The loop thread's stack in the stall's native dump (empty: no dump).
     dump_stack: tuple[str, ...] = ()
+    # The dump was cut before the loop's thread: what to say instead of "unknown".
+    dump_cut: str | None = None
     gc_s: float = 0.0
     gc_generation: int = -1
     # The stack that set off the longest collection over the interval, and its worker.
@@ -102,6 +104,8 @@ def attribute(look: Look) -> Attribution:
         culprit = frames.culprit_on_loop(stack)
     elif idle and verdict.cause != "starved":
         culprit = IDLE_IN_SELECTOR
+    elif look.dump_cut is not None:
+        culprit = look.dump_cut
     else:
         culprit = unseen_culprit(verdict.cause, late=look.late)
     last = look.last_call

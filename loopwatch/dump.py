@@ -29,6 +29,7 @@ REARM_EVERY_S = 1.0
 READER_EXIT_S = 1.0
 # A thread's header line in a dump (MULTILINE: also found in a whole dump's text).
 THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
+_CUT = re.compile(r"^\.\.\.$", re.MULTILINE)
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 
 
@@ -135,6 +136,26 @@ class NativeDump:
             except subprocess.TimeoutExpired:
                 self.reader.kill()
                 self.reader.wait()
+
+
+def threads_if_cut(dump: str) -> int | None:
+    """How many threads a dump holds when faulthandler stopped at its limit, else None.
+
+    faulthandler writes at most 100 threads, newest first, then ``...``: beside 100 or
+    more others, the loop's thread (usually the oldest) is not in it.
+    """
+    if _CUT.search(dump) is None:
+        return None
+    return len(THREAD_HEADER.findall(dump))
+
+
+def cut_culprit(dumped: int, running: int | None = None) -> str:
+    """The culprit of a stall whose dump was cut before the loop's thread."""
+    of = f"{dumped} of {running}" if running else f"{dumped}"
+    return (
+        f"unknown (the native dump was cut: faulthandler writes {of} threads, newest "
+        "first, and the loop's is older)"
+    )
 
 
 def stack_in_dump(dump: str, thread_id: int) -> list[str]:

@@ -32,7 +32,7 @@ from typing import Any
 
 from loopwatch import frames
 from loopwatch.causes import schedstat
-from loopwatch.dump import THREAD_HEADER, stack_in_dump
+from loopwatch.dump import THREAD_HEADER, cut_culprit, stack_in_dump, threads_if_cut
 
 # A dump is whole once its writer has been quiet this long.
 QUIET_S = 0.05
@@ -68,7 +68,7 @@ def stall_line(
         "source": "dump",
         "duration": deadline_s,
         "cause": cause,
-        "culprit": frames.culprit_on_loop(stack) if stack else "unknown",
+        "culprit": _culprit(dump, stack),
         "holder": f"0x{holder:x}" if holder is not None else None,
         "threads": threads,
         "stack": stack,
@@ -80,6 +80,13 @@ def stall_line(
         "logger": "loopwatch",
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
+
+
+def _culprit(dump: str, stack: list[str]) -> str:
+    if stack:
+        return frames.culprit_on_loop(stack)
+    dumped = threads_if_cut(dump)
+    return "unknown" if dumped is None else cut_culprit(dumped)
 
 
 def relay(source: int, forward: int, report: Any) -> None:

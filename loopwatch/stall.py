@@ -45,6 +45,7 @@ class Stall:
     holders: set[str] = field(default_factory=set)
     dump: str | None = None
     dump_stack: tuple[str, ...] = ()  # the loop thread's, in ``dump``
+    dump_cut: str | None = None  # the culprit to give when ``dump`` was cut before it
     counted: bool = False
 
     def charge(self, sample: Sample, seconds: float, verdict: causes.Verdict) -> None:

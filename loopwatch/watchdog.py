@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loopwatch import causes, frames
 from loopwatch.attribution import Call, Holder, Look, attribute, where
-from loopwatch.dump import NativeDump, stack_in_dump
+from loopwatch.dump import NativeDump, cut_culprit, stack_in_dump, threads_if_cut
 from loopwatch.events import emit
 from loopwatch.occupant import POOL_CALLS, Occupant, code_of
 from loopwatch.stall import Sample, Stall, StallEvent
@@ -398,6 +398,9 @@ class StallWatchdog:
             if dump is not None:
                 stall.dump = dump
                 stall.dump_stack = tuple(stack_in_dump(dump, self._loop_ident))
+                dumped = threads_if_cut(dump)
+                if dumped is not None and not stall.dump_stack:
+                    stall.dump_cut = cut_culprit(dumped, threading.active_count())
         gc_trigger: tuple[str, ...] = ()
         gc_worker = None
         if gc_s > 0:
@@ -416,6 +419,7 @@ class StallWatchdog:
             sampled=sampled,
             loop_stack=tuple(frames.thread_stack(self._loop_ident)) if sampled else (),
             dump_stack=stall.dump_stack,
+            dump_cut=stall.dump_cut,
             gc_s=gc_s,
             gc_generation=generation,
             gc_trigger=gc_trigger,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from loopwatch import frames
+from loopwatch import dumpreader, frames
 from loopwatch.daemon.workloads import generated_document
 from loopwatch.occupant import run_timed
 from loopwatch.watcher import Watcher
@@ -234,6 +234,49 @@ async def test_native_code_holding_the_gil_on_the_loop_is_named_from_the_dump(
     assert event["culprit"].endswith(" native_sum")
     assert "dump" in event
     assert "native_sum" in event["dump"]
+
+
+async def test_beside_150_threads_a_dump_cut_before_the_loop_says_so(
+    registry: CollectorRegistry, stalls: Events
+) -> None:
+    """faulthandler dumps 100 threads, newest first: the loop's (the oldest) is cut off.
+
+    #33: the line read ``culprit: unknown``, as if nothing had been dumped.
+    """
+    release = threading.Event()
+    idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(150)]
+    for thread in idle:
+        thread.start()
+    try:
+        watcher = await watched(registry, dump_after=0.2)
+        await asyncio.sleep(0.2)
+        test_targets.native_sum(60_000_000)
+        await settle(watcher)
+    finally:
+        release.set()
+        for thread in idle:
+            thread.join()
+    event = max(stall_events(stalls), key=lambda e: e["duration"])
+    assert "native_sum" in event["culprit"] or "dump was cut" in event["culprit"]
+    if "native_sum" not in event["culprit"]:
+        assert "100 of" in event["culprit"]  # how many threads, and why it is unnamed
+
+
+def test_the_readers_line_says_when_the_dump_was_cut_before_the_loop() -> None:
+    """The reader's line, from outside the process, said ``culprit: unknown`` too (#33)."""
+    others = "".join(
+        f'Thread 0x{i:016x} (most recent call first):\n  File "/usr/lib/python3.11/threading.py", line 324 in wait\n\n'
+        for i in range(1, 101)
+    )
+    line = dumpreader.stall_line(others + "...\n", loop_thread=0xABC, deadline_s=1.0)
+    assert line["culprit"].startswith("unknown (the native dump was cut")
+    assert "writes 100 threads" in line["culprit"]
+    named = dumpreader.stall_line(
+        'Thread 0x0000000000000abc (most recent call first):\n  File "/srv/app/report.py", line 7 in checksum\n',
+        loop_thread=0xABC,
+        deadline_s=1.0,
+    )
+    assert named["culprit"] == "/srv/app/report.py:7 checksum"
 
 
 async def test_a_dump_goes_with_the_stall_it_was_written_in(
