@@ -14,6 +14,7 @@ import threading
 import weakref
 from collections.abc import Awaitable
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
 from time import perf_counter
@@ -27,6 +28,7 @@ from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import PoolStrategy
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
+QUIET_MODULE = "loopwatch.strategies.forkserver_quiet"
 
 
 class _Recorded:
@@ -75,6 +77,20 @@ def _exit_when_readable(fd: int) -> None:
     os._exit(0)
 
 
+def _quiet_forkserver() -> None:
+    """Have the forkserver, when it starts, ignore SIGTERM (``forkserver_quiet``).
+
+    Only if it has not started yet: one already running is someone else's. The modules
+    already asked to be preloaded stay.
+    """
+    server = forkserver._forkserver  # the process's one forkserver: no public accessor
+    if getattr(server, "_forkserver_pid", None) is not None:
+        return
+    modules = list(getattr(server, "_preload_modules", ["__main__"]))
+    if QUIET_MODULE not in modules:
+        forkserver.set_forkserver_preload([*modules, QUIET_MODULE])
+
+
 class ProcessStrategy(PoolStrategy):
     """A shared ProcessPoolExecutor, replaced when a killed child breaks it.
 
@@ -119,6 +135,8 @@ class ProcessStrategy(PoolStrategy):
         return [] if context is None else list(context.children)
 
     def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        if self._start_method == "forkserver":
+            _quiet_forkserver()
         context = _Recorded(multiprocessing.get_context(self._start_method))
         pool = concurrent.futures.ProcessPoolExecutor(
             self.max_workers,

@@ -108,6 +108,29 @@ def test_2_sigint_drains_in_flight_calls_and_leaves_no_child(
     no_process_left(daemon)
 
 
+def test_sigterm_to_the_whole_process_group_exits_cleanly(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """``timeout`` and some supervisors signal the group: the pool's children die first.
+
+    #33: the forkserver died with the daemon still draining: BrokenProcessPool in the
+    process worker's calls, and an unhandled thread exception at shutdown.
+    """
+    config = write_config(WORKERS.replace("n = 200_000", "n = 2_000_000"))
+    daemon = start_daemon(config)
+    daemon.wait_ready()
+    daemon.wait_value("loopwatch_tasks_in_flight", lambda v: v >= 1, worker="cpu")
+    os.killpg(daemon.pid, signal.SIGTERM)
+    assert daemon.wait_exit(15) == 0
+    output = "\n".join(daemon.raw)
+    assert "Traceback" not in output
+    assert "Exception in thread" not in output
+    assert not [e for e in daemon.events if e.get("level") == "error"], [
+        e for e in daemon.events if e.get("level") == "error"
+    ]
+    no_process_left(daemon)
+
+
 def test_3_calls_past_the_drain_deadline_are_cancelled_not_waited_for(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:

@@ -1,0 +1,29 @@
+"""Preloaded by the forkserver that ``ProcessStrategy`` starts: there, SIGTERM is ignored.
+
+A SIGTERM sent to the whole process group (``timeout``, some supervisors) reached the
+forkserver too. Its death closed the sentinel of every pool child it had forked, and the
+pool broke (``BrokenProcessPool``) while the daemon was still draining its calls. The
+forkserver needs no signal to end: it exits when the process that started it closes its
+end of the "alive" pipe, and the pool's children ignore SIGTERM already (their
+initializer). Imported anywhere but in the forkserver's ``main``, this does nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+
+
+def _in_forkserver() -> bool:
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "main" and code.co_filename.endswith("multiprocessing/forkserver.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+if _in_forkserver():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
