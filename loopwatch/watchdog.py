@@ -124,6 +124,9 @@ class StallWatchdog:
         self._baseline_thread: int | None = None
         self._wake_due = 0.0
         self._reported_beat = 0.0
+        # The beat of the last stall whose report has been handed over: ``_reported_beat``
+        # is set first (so no other look reports it twice), this once it is delivered.
+        self._delivered_beat = 0.0
         self.stalls = 0
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_STALLS)
 
@@ -187,7 +190,7 @@ class StallWatchdog:
 
     def unreported(self) -> bool:
         """Whether the heartbeat holds a stall that no report has covered yet."""
-        return self._probe.last_long_lag[0] > self._reported_beat
+        return self._probe.last_long_lag[0] > self._delivered_beat
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop watching; a stall still in progress and held-back repeats are logged.
@@ -365,6 +368,7 @@ class StallWatchdog:
         self._reported_beat = stall.beat
         self._baseline = self._read()
         self._report(stall, duration, ongoing=False)
+        self._delivered_beat = max(self._delivered_beat, stall.beat)
 
     def _report_unseen(self, reading: causes.Reading) -> None:
         """Report a stall the watchdog never saw: the GIL was held from its start to its end."""
@@ -378,6 +382,7 @@ class StallWatchdog:
         self._charge(stall, sample, long_lag, verdict)
         stall.fit(long_lag)
         self._report(stall, long_lag, ongoing=False)
+        self._delivered_beat = max(self._delivered_beat, long_beat)
 
     def _gather(
         self,
