@@ -10,11 +10,13 @@ program that uses ``dump_traceback_later`` itself should set ``dump_after = 0``.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import fcntl
 import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections import deque
@@ -27,9 +29,16 @@ from loopwatch import dumptimer, frames
 REARM_EVERY_S = 1.0
 # How long a closing dump waits for its reader to end.
 READER_EXIT_S = 1.0
+# The signal a reader sends the loop's thread when the dump of all threads was cut before
+# it: faulthandler, registered for it with all_threads=False, writes that thread's own
+# stack from its handler, in C, while native code holds the GIL. Reader mode (the
+# daemon) only: a library registers no signal.
+SELF_DUMP_SIGNAL = signal.SIGRTMIN + 6
 # A thread's header line in a dump (MULTILINE: also found in a whole dump's text).
 THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-f]+)", re.MULTILINE)
 _CUT = re.compile(r"^\.\.\.$", re.MULTILINE)
+# The header of a one-thread dump (faulthandler's signal handler, ``all_threads=False``).
+SELF_HEADER = "Stack (most recent call first):"
 _FRAME = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$')
 
 
@@ -48,6 +57,7 @@ class NativeDump:
         self.rearm_s = min(REARM_EVERY_S, after_s / 2)
         self._read_fd, self._write_fd = os.pipe()
         self.reader: subprocess.Popen[bytes] | None = None
+        self._self_dump = False
         if reader_for is not None:
             self.reader = self._start_reader(reader_for, native_id)
         for fd in (self._read_fd, self._write_fd):
@@ -72,7 +82,8 @@ class NativeDump:
         try:
             reader = subprocess.Popen(
                 [sys.executable, "-m", "loopwatch.dumpreader", str(loop_thread),
-                 f"{deadline:g}", json.dumps(frames.declared()), str(native_id or 0)],
+                 f"{deadline:g}", json.dumps(frames.declared()), str(native_id or 0),
+                 str(int(SELF_DUMP_SIGNAL))],
                 stdin=to_reader, stdout=to_us, close_fds=True,
             )  # fmt: skip
         except OSError:
@@ -82,6 +93,10 @@ class NativeDump:
         os.close(to_reader)
         os.close(to_us)
         self._read_fd, self._write_fd = from_reader, from_dump
+        # Beside 100 other threads the loop's is cut from the dump: the reader then asks
+        # the loop thread for its own stack, into the same pipe.
+        faulthandler.register(SELF_DUMP_SIGNAL, file=from_dump, all_threads=False)
+        self._self_dump = True
         return reader
 
     def keep_armed(self) -> None:
@@ -127,6 +142,9 @@ class NativeDump:
     def close(self) -> None:
         """Cancel the dump, close the pipes; the reader sees its stdin close and ends."""
         dumptimer.cancel(self, release=True)
+        if self._self_dump:
+            faulthandler.unregister(SELF_DUMP_SIGNAL)
+            self._self_dump = False
         for fd in (self._write_fd, self._read_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -159,17 +177,28 @@ def cut_culprit(dumped: int, running: int | None = None) -> str:
 
 
 def stack_in_dump(dump: str, thread_id: int) -> list[str]:
-    """The thread's stack from a faulthandler dump, innermost last, as ``file:line function``."""
+    """The thread's stack from a faulthandler dump, innermost last, as ``file:line function``.
+
+    A one-thread section (``SELF_HEADER``: the loop thread's own answer to the reader's
+    signal) stands for the loop's when the dump of all threads was cut before it.
+    """
     wanted = f"0x{thread_id:016x}"
-    lines: list[str] = []
-    inside = False
+    own: list[str] = []
+    answered: list[str] = []
+    section: list[str] | None = None
     for row in dump.splitlines():
         header = THREAD_HEADER.match(row)
         if header:
-            inside = int(header.group(1), 16) == thread_id or header.group(1) == wanted
+            mine = int(header.group(1), 16) == thread_id or header.group(1) == wanted
+            section = own if mine else None
             continue
-        frame = _FRAME.match(row) if inside else None
-        if frame:
-            lines.append(f"{frame.group(1)}:{frame.group(2)} {frame.group(3)}")
-    lines.reverse()  # faulthandler prints the most recent call first
-    return lines
+        if row.startswith(SELF_HEADER):
+            answered.clear()
+            section = answered
+            continue
+        frame = _FRAME.match(row) if section is not None else None
+        if frame and section is not None:
+            section.append(f"{frame.group(1)}:{frame.group(2)} {frame.group(3)}")
+    found = own or answered
+    found.reverse()  # faulthandler prints the most recent call first
+    return found

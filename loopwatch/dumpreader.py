@@ -20,6 +20,7 @@ Usage (by ``loopwatch.dump.NativeDump``):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -32,7 +33,13 @@ from typing import Any
 
 from loopwatch import frames
 from loopwatch.causes import schedstat
-from loopwatch.dump import THREAD_HEADER, cut_culprit, stack_in_dump, threads_if_cut
+from loopwatch.dump import (
+    SELF_HEADER,
+    THREAD_HEADER,
+    cut_culprit,
+    stack_in_dump,
+    threads_if_cut,
+)
 
 # A dump is whole once its writer has been quiet this long.
 QUIET_S = 0.05
@@ -89,6 +96,17 @@ def _culprit(dump: str, stack: list[str]) -> str:
     return "unknown" if dumped is None else cut_culprit(dumped)
 
 
+def _write(line: dict[str, Any]) -> None:
+    with contextlib.suppress(OSError):
+        os.write(2, (json.dumps(line) + "\n").encode())
+
+
+def _signal_thread(pid: int, native_id: int, signum: int) -> bool:
+    """Send ``signum`` to one thread of another process (``tgkill``); whether it went."""
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    return tgkill is not None and tgkill(pid, native_id, signum) == 0
+
+
 def relay(source: int, forward: int, report: Any) -> None:
     """Copy ``source`` to ``forward`` until EOF; hand each whole dump to ``report``."""
     os.set_blocking(forward, False)
@@ -118,11 +136,21 @@ def main() -> None:
     loop_thread, deadline_s = int(sys.argv[1]), float(sys.argv[2])
     paths = json.loads(sys.argv[3]) if len(sys.argv) > 3 else []
     loop_native = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "0" else None
+    self_dump = int(sys.argv[5]) if len(sys.argv) > 5 else None
     watched = os.getppid()
     if paths:
         frames.user_code(*paths)
+    asked: list[dict[str, Any]] = []  # the line of a cut dump, waiting for the loop's answer
 
     def report(dump: str) -> None:
+        if asked and SELF_HEADER in dump:
+            # The loop thread's own stack, written by its signal handler: the cut dump's
+            # line, named at last.
+            line = asked.pop()
+            stack = stack_in_dump(dump, loop_thread)
+            line.update(stack=stack, culprit=_culprit(dump, stack), answered=True)
+            _write(line)
+            return
         if not THREAD_HEADER.search(dump):
             return
         busy = None
@@ -132,9 +160,12 @@ def main() -> None:
             after = schedstat(loop_native, watched)
             if before is not None and after is not None:
                 busy = after[0] - before[0] >= BUSY_SHARE * BUSY_LOOK_S
-        line = json.dumps(stall_line(dump, loop_thread, deadline_s, busy))
-        with contextlib.suppress(OSError):
-            os.write(2, (line + "\n").encode())
+        line = stall_line(dump, loop_thread, deadline_s, busy)
+        cut = not line["stack"] and threads_if_cut(dump) is not None
+        if cut and self_dump and loop_native and _signal_thread(watched, loop_native, self_dump):
+            asked[:] = [line]  # written when the answer comes, with the loop's own stack
+            return
+        _write(line)
 
     with contextlib.suppress(KeyboardInterrupt):
         relay(0, 1, report)

@@ -287,3 +287,17 @@ def count_logged(path: str, n: int = 2_000_000, give: object = None, lock: bool 
         log.write(f"{os.getpid()}\n")
     total = count(n)
     return threading.Lock() if lock else total
+
+
+def idle_threads(n: int = 150) -> list[threading.Thread]:
+    """``n`` threads that wait for good: more than faulthandler dumps (100 threads)."""
+    never = threading.Event()
+    threads = [threading.Thread(target=never.wait, daemon=True) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def native_sum_beside(threads: object, n: int = 30_000_000) -> int:
+    """``native_sum``, as a target whose ``setup`` started many threads."""
+    return native_sum(n)

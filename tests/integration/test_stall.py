@@ -336,6 +336,39 @@ def test_a_loop_held_by_native_code_is_seen_from_outside_while_it_is_stuck(
     assert daemon.stop() == 0
 
 
+BESIDE_MANY_THREADS = """
+[probe]
+dump_after = 1.0
+[[workers]]
+name = "stuck"
+target = "tests.targets:native_sum_beside"
+setup = "tests.targets:idle_threads"
+setup_kwargs = { n = 150 }
+kwargs = { n = 200_000_000 }
+strategy = "blocking"
+interval = 60.0
+"""
+
+
+def test_beside_150_threads_native_code_on_the_loop_is_still_named(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """faulthandler dumps 100 threads, newest first: the loop's, the oldest, is cut off.
+
+    #33: both lines read ``culprit: unknown``. The reader now asks the loop thread for its
+    own stack (a signal faulthandler answers from C) and names the line.
+    """
+    daemon = start_daemon(write_config(BESIDE_MANY_THREADS))
+    daemon.wait_ready()
+    seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=20)
+    assert seen["culprit"].endswith(" native_sum"), seen
+    assert seen["answered"] is True
+    assert seen["threads"] == 100  # what the cut dump held
+    final = daemon.wait_event("stall", lambda e: not e["ongoing"], timeout=20)
+    assert culprit_function(final) == "native_sum", final
+    assert daemon.stop() == 0
+
+
 def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill_it(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
