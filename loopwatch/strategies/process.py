@@ -28,7 +28,7 @@ from loopwatch.strategies.base import Call, override
 from loopwatch.strategies.pool import PoolStrategy
 
 StartMethod = Literal["fork", "spawn", "forkserver"]
-QUIET_MODULE = "loopwatch.strategies.forkserver_quiet"
+QUIET_MODULE = "loopwatch.forkserver_quiet"
 
 
 class _Recorded:
