@@ -232,7 +232,10 @@ class AutoStrategy(Strategy):
         if caller.told_unpicklable or caller.pinned:
             return  # said once; a pinned caller's reason says why already
         caller.told_unpicklable = True
-        caller.reason = f"stays on thread: a process cannot take it ({error})"
+        caller.reason = (
+            f"stays on thread: a process cannot take it, its target, arguments or result "
+            f"cannot be pickled ({error})"
+        )
         emit(
             log,
             logging.INFO,
@@ -398,8 +401,9 @@ class AutoStrategy(Strategy):
             return
         if choice.strategy == caller.strategy:
             caller.wanted, caller.streak = None, 0
-            if not caller.switches:
-                caller.reason = choice.reason  # a moved caller keeps why it moved
+            if not caller.switches and not caller.told_unpicklable:
+                # A moved caller keeps why it moved; one no process can take, why not.
+                caller.reason = choice.reason
             if self.mode == "advise" and caller.advised not in (None, caller.strategy):
                 caller.advised = None
             return
