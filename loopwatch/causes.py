@@ -233,15 +233,6 @@ def classify(
     if after.loop_queue_s is not None and before.loop_queue_s is not None:
         queue = max(0.0, after.loop_queue_s - before.loop_queue_s)
         queue_span = max(after.queue_at - before.queue_at, 1e-9)
-        if queue_span > span and not watchdog_late:
-            # Read up to a second before this interval (refreshed once a second while
-            # healthy), and the watchdog itself ran on time, so the host did run this
-            # process: the wait is most likely from before, when on a loaded host the
-            # loop queued at each wake. This interval's share, at the window's rate
-            # (all of it made a 0.3 s time.sleep read "starved" beside two CPU hogs).
-            # A late watchdog was kept off the CPU too: then the wait is the stall's.
-            queue *= span / queue_span
-            queue_span = span
     holder, holder_cpu = busiest_thread(before, after)
     evidence: dict[str, Any] = {"loop_cpu_s": loop_cpu, "queue_wait_s": queue}
     if gc_s >= MOST * span:
