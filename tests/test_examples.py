@@ -68,12 +68,19 @@ def test_web_example_names_the_blocking_route_and_line(name: str) -> None:
         if name == "fastapi_app.py":
             server.get("/fixed/7")  # the fix in the same app: blocks nothing
         blocked = "loopwatch_event_loop_blocked_seconds_total"
+
+        def counted() -> float:
+            # Beside two CPU hogs the stall once read "starved": the run-queue figure,
+            # refreshed once a second while healthy, also held the loop's queueing from
+            # before the stall (a known limit, docs/reliability.md). The line is the point.
+            return sum(server.value(blocked, cause=c, worker="") for c in ("wait", "starved"))
+
         # Counted as the loop beats again: a moment later.
-        poll(lambda: server.value(blocked, cause="wait", worker="") >= 0.2, what=blocked)
+        poll(lambda: counted() >= 0.2, what=blocked)
     finally:
         server.stop()
     [stall] = stall_lines("\n".join(server.output()))
     line = 18 if name == "fastapi_app.py" else 15
     assert f"{name}:{line} read_item" in stall
     assert "request GET /items/{item_id}" in stall
-    assert "(wait)" in stall
+    assert "(wait)" in stall or "(starved)" in stall
