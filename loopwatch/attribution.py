@@ -102,10 +102,12 @@ def attribute(look: Look) -> Attribution:
     stack, worker = _stack_and_worker(look, verdict, idle=idle)
     if stack:
         culprit = frames.culprit_on_loop(stack)
+    elif look.dump_cut is not None:
+        # A native dump was written while the loop was stuck: the loop was not idle
+        # then, whatever a late look at it shows now (a loaded run found it in select).
+        culprit = look.dump_cut
     elif idle and verdict.cause != "starved":
         culprit = IDLE_IN_SELECTOR
-    elif look.dump_cut is not None:
-        culprit = look.dump_cut
     else:
         culprit = unseen_culprit(verdict.cause, late=look.late)
     last = look.last_call
