@@ -236,16 +236,7 @@ class AutoStrategy(Strategy):
             f"stays on thread: a process cannot take it, its target, arguments or result "
             f"cannot be pickled ({error})"
         )
-        emit(
-            log,
-            logging.INFO,
-            "strategy_advice",
-            f"{caller.key}: {caller.reason}",
-            worker=caller.key,
-            **_direction("thread", "thread"),
-            reason=caller.reason,
-            mode=self.mode,
-        )
+        self._say(logging.INFO, "strategy_advice", caller, "thread", caller.reason)
 
     def _pin_to_thread(self, caller: _Caller, exc: UnpicklableError) -> None:
         """A call could not cross to or from its process: back to thread, for good, said once."""
@@ -257,13 +248,19 @@ class AutoStrategy(Strategy):
         caller.strategy, caller.since = "thread", perf_counter()
         caller.switches += 1
         caller.reason = f"back on thread for good: {exc}"
+        self._say(
+            logging.WARNING, "strategy_switched", caller, old, f"{old} -> thread: {caller.reason}"
+        )
+
+    def _say(self, level: int, event: str, caller: _Caller, source: str, text: str) -> None:
+        """Log a caller's staying on, or going back to, ``thread``, with its reason."""
         emit(
             log,
-            logging.WARNING,
-            "strategy_switched",
-            f"{caller.key}: {old} -> thread: {caller.reason}",
+            level,
+            event,
+            f"{caller.key}: {text}",
             worker=caller.key,
-            **_direction(old, "thread"),
+            **_direction(source, "thread"),
             reason=caller.reason,
             mode=self.mode,
         )
