@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from loopwatch import blockingcalls, findings
+from loopwatch import blockingcalls, findings, frames
 from loopwatch.findings import Finding
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 DEFAULT_THRESHOLD = 0.1
 NATIVE_DUMP_AFTER = 0.5
-STACK_DEPTH = blockingcalls.STACK_DEPTH
 # What a test's report carries to the controller (xdist) and to the session's summary.
 REPORT_KEY = "loopwatch"
 
@@ -330,9 +329,7 @@ class Watching:
         try:
             if blockingcalls.made_by_runtime(frame):
                 return
-            from loopwatch import frames  # noqa: PLC0415 - only when enabled
-
-            stack = frames.frame_lines(frame, STACK_DEPTH)
+            stack = frames.frame_lines(frame, blockingcalls.STACK_DEPTH)
             culprit = frames.culprit_of(stack)
             self.add(Finding("call", what, None, culprit, self._test_line(frame), stack))
         finally:
