@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from loopwatch.daemon.metrics import Metrics
 from tests.daemon_process import DaemonProcess
-from tests.helpers import StartDaemon, WriteConfig, free_port
+from tests.helpers import LagFloor, StartDaemon, WriteConfig, free_port
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -64,3 +64,12 @@ def start_daemon(port: int) -> Iterator[StartDaemon]:
     yield start
     for daemon in started:
         daemon.kill()
+
+
+@pytest.fixture
+def lag_floor() -> Iterator[LagFloor]:
+    """This machine's own lag, sampled from before the test's daemon starts to ``p99()``."""
+    floor = LagFloor()
+    floor.start()
+    yield floor
+    floor.close()
