@@ -42,7 +42,7 @@ class WatchMetrics:
         )
         self.event_loop_blocked = Counter(
             "loopwatch_event_loop_blocked_seconds",
-            'Stall seconds attributed to a worker ("" for none) and a cause.',
+            'Stall seconds attributed to a worker ("" for none) and a cause, when it ended.',
             ["worker", "cause"],
             registry=registry,
         )

@@ -363,6 +363,7 @@ class StallWatchdog:
             self._charge_seconds(stall, last, tail)
         stall.fit(duration)
         stall.account_late_queue_wait(duration)
+        self._count(stall)
         # Its run-queue wait is in the loop thread's own figure (the utilization estimate).
         self.offcpu_s += max(0.0, duration - stall.loop_cpu_s - stall.queue_wait_s)
         self._reported_beat = stall.beat
@@ -381,6 +382,7 @@ class StallWatchdog:
         verdict, sample = self._attribute(stall, look)
         self._charge(stall, sample, long_lag, verdict)
         stall.fit(long_lag)
+        self._count(stall)
         self._report(stall, long_lag, ongoing=False)
         self._delivered_beat = max(self._delivered_beat, long_beat)
 
@@ -490,14 +492,23 @@ class StallWatchdog:
         self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict
     ) -> None:
         stall.charge(sample, seconds, verdict)
-        if self._metrics is not None:
-            self._metrics.event_loop_blocked.labels(sample.worker or "", sample.cause).inc(seconds)
-        if sample.cause == "gil" and sample.worker:
-            stalls = self._occupant.gil_stalls
-            stalls[sample.worker] = stalls.get(sample.worker, 0.0) + seconds
 
     def _charge_seconds(self, stall: Stall, sample: Sample, seconds: float) -> None:
         self._charge(stall, sample, seconds, causes.Verdict(sample.cause, loop_cpu_s=0.0))
+
+    def _count(self, stall: Stall) -> None:
+        """Add an ended stall's seconds to the counters, by its final worker and cause.
+
+        Only at its end: the kernel accounts a wait for a CPU when the thread runs again,
+        which turns stretches read as ``cpu`` or ``unknown`` into ``starved``, and the
+        probe's measure rescales them. A counter cannot take back what it was given.
+        """
+        gil_stalls = self._occupant.gil_stalls
+        for (_, worker, cause), seconds in stall.seconds.items():
+            if self._metrics is not None:
+                self._metrics.event_loop_blocked.labels(worker or "", cause).inc(seconds)
+            if cause == "gil" and worker:
+                gil_stalls[worker] = gil_stalls.get(worker, 0.0) + seconds
 
     def _report(self, stall: Stall, duration: float, *, ongoing: bool) -> None:
         event = stall.event(duration, ongoing=ongoing)

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
+import subprocess
+import sys
 import sysconfig
 import threading
 import time
@@ -18,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from loopwatch import dumpreader, frames
 from loopwatch.daemon.workloads import generated_document
 from loopwatch.occupant import run_timed
+from loopwatch.stall import StallEvent
 from loopwatch.watcher import Watcher
 from tests import targets as test_targets
 from tests.helpers import library_logs
@@ -474,3 +478,61 @@ def test_an_unseen_culprit_never_contradicts_its_cause(late: bool) -> None:
     assert "GIL" not in unseen_culprit("wait", late=late)
     assert "GIL" not in unseen_culprit("cpu", late=late)
     assert ("GIL" in unseen_culprit("gil", late=late)) is late
+
+
+@pytest.fixture
+def hog_on_one_cpu() -> Iterator[int]:
+    """A CPU hog pinned to one CPU, which it yields."""
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        os.sched_setaffinity(hog.pid, {cpu})
+        yield cpu
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def test_blocked_seconds_count_a_stall_as_its_line_reads_when_the_host_starves_it(
+    registry: CollectorRegistry, hog_on_one_cpu: int
+) -> None:
+    """A loop the host barely runs: the counter agrees with the causes the stall lines give.
+
+    Its stretches read ``unknown`` or ``cpu`` while they last, and ``starved`` once the
+    kernel accounts the run-queue wait at the stall's end; the counter was charged the
+    first reading, so Prometheus said the loop's own code blocked it.
+    """
+    finished: list[StallEvent] = []
+
+    async def starved_loop() -> None:
+        watcher = Watcher(registry=registry, stall_threshold=0.05, on_stall=finished.append)
+        watcher.start()  # its thread keeps the default CPUs and priority
+        os.sched_setaffinity(0, {hog_on_one_cpu})
+        # Run only when the CPU is otherwise idle: never, beside the hog.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        deadline = time.monotonic() + 20
+        while len([e for e in finished if not e.ongoing]) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        watcher.stop()
+
+    # A thread of its own: its scheduling policy goes with it.
+    loop_thread = threading.Thread(target=asyncio.run, args=(starved_loop(),))
+    loop_thread.start()
+    loop_thread.join()
+    ended = [e for e in finished if not e.ongoing]
+    assert len(ended) >= 3
+    logged: dict[tuple[str, str], float] = {}
+    for event in ended:
+        for culprit in event.culprits:
+            key: tuple[str, str] = (culprit.worker or "", culprit.cause)
+            logged[key] = logged.get(key, 0.0) + culprit.seconds
+    assert ("", "starved") in logged, ended
+    counted = {
+        (dict(s.labels)["worker"], dict(s.labels)["cause"]): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == "loopwatch_event_loop_blocked_seconds_total"
+    }
+    assert counted.keys() == logged.keys()
+    for key, seconds in logged.items():
+        assert counted[key] == pytest.approx(seconds, abs=1e-3 * len(ended))

@@ -90,7 +90,7 @@ def test_repeated_stalls_are_aggregated_without_losing_the_count(
 def test_healthy_loop_reports_no_stall(
     write_config: WriteConfig, start_daemon: StartDaemon
 ) -> None:
-    """Offloaded work, busy threads and processes: no false stall over several seconds."""
+    """Offloaded work, busy threads and processes: no stall of theirs over several seconds."""
     config = write_config(
         """
 [ticker]
@@ -130,9 +130,17 @@ strategy = "cooperative"
     finally:
         scrapes.set()
         scraper.join()
-    assert daemon.value("loopwatch_event_loop_stalls_total") == 0.0
+    # Beside a second test process the host may not run the loop for a moment: that
+    # stall is real, and says so (starved). None may be charged to the daemon's work.
+    blocked = {
+        dict(labels)["cause"]: value
+        for (name, labels), value in daemon.scrape().items()
+        if name == "loopwatch_event_loop_blocked_seconds_total"
+    }
     assert daemon.stop() == 0
-    assert daemon.named("stall") == []
+    stalls = daemon.named("stall")
+    assert {cause for cause, seconds in blocked.items() if seconds > 0} <= {"starved"}, stalls
+    assert {e["cause"] for e in stalls} <= {"starved"}, stalls
 
 
 def test_a_stall_cut_short_by_sigterm_is_still_logged(
