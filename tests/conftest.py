@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loopwatch.daemon.metrics import Metrics
-from tests.daemon_process import DaemonProcess
+from tests.daemon_process import ROOT, DaemonProcess
 from tests.helpers import LagFloor, StartDaemon, WriteConfig, free_port
 
 
@@ -73,3 +77,29 @@ def lag_floor() -> Iterator[LagFloor]:
     floor.start()
     yield floor
     floor.close()
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The sdist and the wheel, built from the source tree as a release would be.
+
+    Built once for all test processes: a build writes ``*.egg-info`` into the source tree,
+    and two at once (one per xdist worker) break each other.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # this run's, above each worker's own
+    out = shared / "dist"
+    with (shared / "dist.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "built").exists():
+            subprocess.run(
+                [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out),
+                 str(ROOT)],
+                check=True, capture_output=True, timeout=600,
+            )  # fmt: skip
+            (out / "built").touch()
+    return {
+        "sdist": next(out.glob("loopwatch-*.tar.gz")),
+        "wheel": next(out.glob("loopwatch-*.whl")),
+    }

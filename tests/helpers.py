@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,30 @@ async def main():
     print(lags[min(len(lags) - 1, int(len(lags) * 0.99))])
 asyncio.run(main())
 """
+
+
+def venv_with(path: Path, *installs: Sequence[str]) -> Path:
+    """A fresh virtualenv at ``path``, each install run in turn; its python.
+
+    The venv gets no pip of its own (``ensurepip`` is 4 s of a test): this Python's pip
+    installs into it with ``--python``, as the venv's own would.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=120
+    )
+    python = path / "bin" / "python"
+    for install in installs:
+        pip(python, "install", "-q", *install)
+    return python
+
+
+def pip(python: Path, *args: str) -> str:
+    """Run pip on ``python``'s environment; its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check",
+         *args],
+        check=True, capture_output=True, text=True, timeout=600,
+    ).stdout  # fmt: skip
 
 
 class LagFloor:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import ROOT
+from tests.helpers import pip, venv_with
 
 # A script as a service would write it: the application's own logging set-up, one block.
 WATCHED = """
@@ -35,50 +34,25 @@ asyncio.run(main())
 """
 
 
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The sdist and the wheel, built from the source tree as a release would be."""
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=600,
-    )  # fmt: skip
-    return {
-        "sdist": next(out.glob("loopwatch-*.tar.gz")),
-        "wheel": next(out.glob("loopwatch-*.whl")),
-    }
-
-
-def venv_with(path: Path, *requirements: str) -> Path:
-    """A fresh virtualenv at ``path`` with ``requirements`` installed; its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
-    python = path / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements],
-        check=True, timeout=600,
-    )  # fmt: skip
-    return python
-
-
 def run(*argv: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(a) for a in argv], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
     )
 
 
-def distributions(python: Path, cwd: Path) -> set[str]:
-    listed = run(python, "-m", "pip", "list", "--format", "json", cwd=cwd)
-    names = {d["name"].lower().replace("_", "-") for d in json.loads(listed.stdout)}
+def distributions(python: Path) -> set[str]:
+    listed = pip(python, "list", "--format", "json")
+    names = {d["name"].lower().replace("_", "-") for d in json.loads(listed)}
     return names - {"pip", "setuptools", "wheel"}
 
 
 def test_the_plain_install_is_the_library_with_prometheus_client_only(
-    artifacts: dict[str, Path], tmp_path: Path
+    dist: dict[str, Path], tmp_path: Path
 ) -> None:
-    python = venv_with(tmp_path / "venv", str(artifacts["wheel"]))
+    python = venv_with(tmp_path / "venv", [str(dist["wheel"])])
     cwd = tmp_path / "cwd"  # not the source tree: its loopwatch/ must not be seen
     cwd.mkdir()
-    assert distributions(python, cwd) == {"loopwatch", "prometheus-client"}
+    assert distributions(python) == {"loopwatch", "prometheus-client"}
     # A watched script: its stall line comes in the application's own log format.
     (cwd / "app.py").write_text(WATCHED)
     done = run(python, "app.py", cwd=cwd)
@@ -98,9 +72,9 @@ def test_the_plain_install_is_the_library_with_prometheus_client_only(
 
 @pytest.mark.parametrize("kind", ["sdist", "wheel"])
 def test_the_sdist_and_the_wheel_install_the_daemon_with_its_extra(
-    kind: str, artifacts: dict[str, Path], tmp_path: Path
+    kind: str, dist: dict[str, Path], tmp_path: Path
 ) -> None:
-    python = venv_with(tmp_path / "venv", f"loopwatch[daemon] @ {artifacts[kind].as_uri()}")
+    python = venv_with(tmp_path / "venv", [f"loopwatch[daemon] @ {dist[kind].as_uri()}"])
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     check = run(python.parent / "loopwatch", "check", cwd=cwd)

@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_process import ROOT
+from tests.helpers import venv_with
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """loopwatch built as pip builds it for an install from the source tree."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-        check=True,
-        timeout=300,
-    )
-    return next(out.glob("loopwatch-*.whl"))
-
-
-def venv_with(path: Path, *installs: list[str]) -> Path:
-    """A fresh virtualenv at ``path`` with each install run in turn; its python."""
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
-    python = path / "bin" / "python"
-    for install in installs:
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *install],
-            check=True,
-            timeout=600,
-        )
-    return python
-
-
 @pytest.mark.parametrize("order", ["python-daemon first", "loopwatch first"])
 def test_installs_next_to_python_daemon_in_either_order(
-    order: str, wheel: Path, tmp_path: Path
+    order: str, dist: dict[str, Path], tmp_path: Path
 ) -> None:
-    ours, theirs = [f"loopwatch[daemon] @ {wheel.as_uri()}"], ["python-daemon"]
+    ours, theirs = [f"loopwatch[daemon] @ {dist['wheel'].as_uri()}"], ["python-daemon"]
     installs = (theirs, ours) if order == "python-daemon first" else (ours, theirs)
     python = venv_with(tmp_path / "venv", *installs)
     # Run from an empty directory: the source tree's own daemon/ folder must not be seen.
