@@ -122,6 +122,7 @@ class StallWatchdog:
         self._loop_native_id: int | None = None
         self._baseline: causes.Reading | None = None
         self._baseline_thread: int | None = None
+        self._run_queue: causes.RunQueue | None = None  # the loop thread's, while watched
         self._wake_due = 0.0
         self._reported_beat = 0.0
         # The beat of the last stall whose report has been handed over: ``_reported_beat``
@@ -243,14 +244,16 @@ class StallWatchdog:
         overdue = perf_counter() - self._probe.last_beat - self._probe.resolution_s
         return overdue if overdue >= self._probe.stall_threshold_s else 0.0
 
-    def _read(self, *, healthy: bool = False) -> causes.Reading:
-        # Healthy, the run-queue figure is refreshed once a second: it only serves as
-        # the baseline of a stall's first interval, and reading it is the dearest part.
-        base = self._baseline
-        reuse = (
-            base if healthy and base is not None and perf_counter() - base.queue_at < 1.0 else None
-        )
-        return causes.read(self._loop_ident, self._loop_native_id, threading.get_ident(), reuse)
+    def _read(self) -> causes.Reading:
+        native_id = self._loop_native_id
+        queue = self._run_queue
+        if queue is not None and queue.native_id != native_id:
+            queue.close()  # retargeted to another thread
+            queue = None
+        if queue is None and native_id is not None:
+            queue = causes.RunQueue(native_id)
+        self._run_queue = queue
+        return causes.read(self._loop_ident, queue, threading.get_ident())
 
     def run(self) -> None:
         """Watch until stopped (the body of the watchdog's thread, or of its host's)."""
@@ -268,6 +271,9 @@ class StallWatchdog:
                 )
                 self._stopped.wait(1.0)
         self._last_look()
+        if self._run_queue is not None:
+            self._run_queue.close()  # its reader's to close: this thread's
+            self._run_queue = None
 
     def _last_look(self) -> None:
         """Report a stall that ended just before ``stop`` and that no look has seen yet.
@@ -287,9 +293,7 @@ class StallWatchdog:
                  exc_info=True)  # fmt: skip
 
     def _watch(self) -> None:
-        # Resumed on the same thread's next loop (a kept thread), the last figures are
-        # fresh enough to reuse the run-queue one: a schedstat read is the dearest part.
-        self._baseline = self._read(healthy=self._baseline is not None)
+        self._baseline = self._read()
         self._baseline_thread = self._loop_native_id
         while not self._stopped.is_set():
             beat = self._probe.last_beat
@@ -301,8 +305,7 @@ class StallWatchdog:
                     return
                 self._follow(beat)
                 continue
-            # Woken late, the watchdog itself was not run: the run-queue figure is news.
-            reading = self._read(healthy=perf_counter() - self._wake_due <= LATE_S)
+            reading = self._read()
             self._report_unseen(reading)
             self._baseline = reading
             self._throttle.flush()

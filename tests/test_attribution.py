@@ -50,11 +50,8 @@ def reading(
     loop_cpu: float = 0.0,
     queue: float | None = 0.0,
     others: dict[int, float] | None = None,
-    queue_at: float | None = None,
 ) -> causes.Reading:
-    return causes.Reading(
-        at, loop_cpu, queue, dict(others or {}), at if queue_at is None else queue_at
-    )
+    return causes.Reading(at, loop_cpu, queue, dict(others or {}))
 
 
 START = reading(0.0, others={POOL_THREAD: 0.0})

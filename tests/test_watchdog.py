@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from loopwatch import dumpreader, frames
+from loopwatch import causes, dumpreader, frames
 from loopwatch.daemon.workloads import generated_document
 from loopwatch.occupant import run_timed
 from loopwatch.stall import StallEvent
@@ -434,19 +434,18 @@ def test_causes_on_a_loaded_host(
 
     before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0, thread_cpu_s={7: 0.0})
     after = causes.Reading(
-        at=1.0, loop_cpu_s=loop_cpu, loop_queue_s=loop_queue, thread_cpu_s={7: holder_cpu},
-        queue_at=1.0,
+        at=1.0, loop_cpu_s=loop_cpu, loop_queue_s=loop_queue, thread_cpu_s={7: holder_cpu}
     )  # fmt: skip
     verdict = causes.classify(before, after, 0.0, -1, watchdog_late=late)
     assert verdict.cause == cause
 
 
 def test_a_starved_stall_the_watchdog_only_saw_at_its_end_is_starved() -> None:
-    """An unseen stall is classified from a baseline up to a second old: the wait is its own."""
+    """An unseen stall is classified from the last look before it: the wait is its own."""
     from loopwatch import causes
 
-    before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0, queue_at=-0.9)
-    after = causes.Reading(at=0.4, loop_cpu_s=0.0005, loop_queue_s=0.2753, queue_at=0.4)
+    before = causes.Reading(at=0.0, loop_cpu_s=0.0, loop_queue_s=0.0)
+    after = causes.Reading(at=0.4, loop_cpu_s=0.0005, loop_queue_s=0.2753)
     assert causes.classify(before, after, 0.0, -1, watchdog_late=True).cause == "starved"
 
 
@@ -536,3 +535,42 @@ def test_blocked_seconds_count_a_stall_as_its_line_reads_when_the_host_starves_i
     assert counted.keys() == logged.keys()
     for key, seconds in logged.items():
         assert counted[key] == pytest.approx(seconds, abs=1e-3 * len(ended))
+
+
+def sleep_a_while(seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def test_a_sleep_after_a_loop_waited_for_a_cpu_reads_wait(
+    registry: CollectorRegistry, stalls: Events, hog_on_one_cpu: int
+) -> None:
+    """What a loop waited for a CPU before a stall is not the stall's: a sleep reads ``wait``.
+
+    The run-queue figure was refreshed once a second while healthy, so the first interval
+    of a stall took in the queueing of up to a second before it: beside CPU hogs a 0.3 s
+    ``time.sleep`` read ``starved``.
+    """
+    queued: list[float] = []
+
+    async def shared_loop() -> None:
+        watcher = Watcher(registry=registry, stall_threshold=0.1)
+        watcher.start()
+        os.sched_setaffinity(0, {hog_on_one_cpu})  # share the hog's CPU from now on
+        before = causes.run_queue_wait_s(threading.get_native_id()) or 0.0
+        end = time.perf_counter() + 1.0
+        while time.perf_counter() < end:
+            spin(0.002)
+            await asyncio.sleep(0)
+        queued.append((causes.run_queue_wait_s(threading.get_native_id()) or 0.0) - before)
+        sleep_a_while(0.3)
+        await wait_until(lambda: watcher.stalls >= 1, timeout=3.0)
+        await asyncio.sleep(0.05)
+        watcher.stop()
+
+    # A thread of its own: its CPU affinity goes with it.
+    loop_thread = threading.Thread(target=asyncio.run, args=(shared_loop(),))
+    loop_thread.start()
+    loop_thread.join()
+    assert queued[0] >= 0.1  # it did wait for a CPU, before the stall
+    [event] = [e for e in stall_events(stalls) if e["culprit"].endswith(" sleep_a_while")]
+    assert event["cause"] == "wait", event
