@@ -333,7 +333,13 @@ class StallWatchdog:
             # Back, the stall ended before this look: maybe long before, when a second
             # stall kept the watchdog off the GIL. Its seconds are the next stall's.
             end = (self._ended_at(stall) or reading.at) if came_back else reading.at
-            self._charge(stall, sample, max(0.0, min(end, reading.at) - begin), verdict)
+            seconds = max(0.0, min(end, reading.at) - begin)
+            if came_back and last is not None and seconds < causes.MOST * (reading.at - prev.at):
+                # Most of this look's interval is the loop idle again, after the stall:
+                # its figures read "wait". The stall's sliver of it goes on as it was.
+                self._charge_seconds(stall, last, seconds)
+            else:
+                self._charge(stall, sample, seconds, verdict)
             prev, last = reading, sample
             if came_back:
                 break
