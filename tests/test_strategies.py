@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import statistics
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -30,16 +31,16 @@ from tests import targets as test_targets
 from tests.waiting import poll, wait_until
 
 
-async def max_lag_while(
+async def lags_while(
     coro: asyncio.Future[object] | asyncio.Task[object], period: float = 0.005
-) -> float:
-    """Largest lateness of a ``period`` timer while ``coro`` runs."""
-    worst = 0.0
+) -> list[float]:
+    """How late each firing of a ``period`` timer was while ``coro`` ran."""
+    lags = []
     while not coro.done():
         due = perf_counter() + period
         await asyncio.sleep(period)
-        worst = max(worst, perf_counter() - due)
-    return worst
+        lags.append(perf_counter() - due)
+    return lags
 
 
 async def test_blocking_runs_on_the_loop_and_marks_the_occupant() -> None:
@@ -65,9 +66,12 @@ async def test_cooperative_slice_keeps_lag_near_the_slice() -> None:
     """A 5 ms slice: a timer waiting on the loop is late by about one slice, not the call."""
     strategy = CooperativeStrategy(slice=0.005)
     task = asyncio.ensure_future(strategy.call(Call(workloads.countdown, {"n": 5_000_000}), 30.0))
-    worst = await max_lag_while(task)
+    lags = await lags_while(task)
     assert await task == 5_000_000
-    assert worst < 0.05  # generous: the point is "a slice", not "the whole call" (~150 ms)
+    # The timer fired all along the call (~150 ms, longer on a loaded host), about a slice
+    # late. Not the worst lateness: beside CPU hogs one preemption alone can be 60 ms.
+    assert len(lags) >= 10
+    assert statistics.median(lags) < 0.02
 
 
 async def test_cooperative_yield_every_counts_safe_points() -> None:
