@@ -1,8 +1,8 @@
 """StallWatchdog: a thread that follows a stuck loop while it is stuck and says why.
 
 Healthy, it wakes about once per ``stall_threshold`` and takes the GIL for
-microseconds: a baseline reading of the thread clocks, and faulthandler re-armed at
-most once a second. When the probe's heartbeat is ``stall_threshold`` overdue it
+microseconds: a baseline reading of the thread clocks and the loop thread's run-queue
+wait, and faulthandler re-armed at most once a second. When the probe's heartbeat is ``stall_threshold`` overdue it
 samples every ``SAMPLE_S`` until the loop comes back: the loop thread's stack, the
 worker or task on it, and the evidence of ``causes``. Each interval between samples
 is charged to what the sample saw, so a stall made of several blocks is split by
