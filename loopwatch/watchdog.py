@@ -2,11 +2,11 @@
 
 Healthy, it wakes about once per ``stall_threshold`` and takes the GIL for
 microseconds: a baseline reading of the thread clocks and the loop thread's run-queue
-wait, and faulthandler re-armed at most once a second. When the probe's heartbeat is ``stall_threshold`` overdue it
-samples every ``SAMPLE_S`` until the loop comes back: the loop thread's stack, the
-worker or task on it, and the evidence of ``causes``. Each interval between samples
-is charged to what the sample saw, so a stall made of several blocks is split by
-culprit, and the seconds add up to the stall's duration.
+wait, and faulthandler re-armed at most once a second. When the probe's heartbeat is
+``stall_threshold`` overdue it samples every ``SAMPLE_S`` until the loop comes back:
+the loop thread's stack, the worker or task on it, and the evidence of ``causes``. Each
+interval between samples is charged to what the sample saw, so a stall made of several
+blocks is split by culprit, and the seconds add up to the stall's duration.
 """
 
 from __future__ import annotations
