@@ -190,15 +190,31 @@ class Reading:
     loop_cpu_s: float
     loop_queue_s: float | None
     thread_cpu_s: dict[int, float] = field(default_factory=dict)
+    # The reading thread's own run-queue wait: a watchdog woken late because the host did
+    # not run it, not because another thread held the GIL.
+    own_queue_s: float | None = None
 
 
-def read(loop_ident: int, queue: RunQueue | None, skip: int) -> Reading:
+def own_wait_s(before: Reading, after: Reading) -> float:
+    """Seconds the reading thread waited for a CPU between two readings (0 if unknown)."""
+    if before.own_queue_s is None or after.own_queue_s is None:
+        return 0.0
+    return max(0.0, after.own_queue_s - before.own_queue_s)
+
+
+def read(
+    loop_ident: int, queue: RunQueue | None, skip: int, own: RunQueue | None = None
+) -> Reading:
     """The loop thread's CPU and run-queue wait, and every other thread's CPU but ``skip``'s.
+
+    ``own``: the reading thread's run-queue wait, read first (it is running now, so the
+    kernel has added the wait that woke it late).
 
     The time and the clocks come first, the ``schedstat`` read last: it is a system call,
     which lets go of the GIL, and native code may hold it from then on. The gap then
     falls into the next interval, as it should, not between this reading's parts.
     """
+    own_queue = None if own is None else own.wait_s()
     at = perf_counter()
     loop_cpu = thread_cpu_s(loop_ident) or 0.0
     others = {}
@@ -209,7 +225,7 @@ def read(loop_ident: int, queue: RunQueue | None, skip: int) -> Reading:
         cpu = thread_cpu_s(ident)
         if cpu is not None:
             others[ident] = cpu
-    return Reading(at, loop_cpu, None if queue is None else queue.wait_s(), others)
+    return Reading(at, loop_cpu, None if queue is None else queue.wait_s(), others, own_queue)
 
 
 @dataclass(frozen=True)

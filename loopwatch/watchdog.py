@@ -123,6 +123,7 @@ class StallWatchdog:
         self._baseline: causes.Reading | None = None
         self._baseline_thread: int | None = None
         self._run_queue: causes.RunQueue | None = None  # the loop thread's, while watched
+        self._own_queue: causes.RunQueue | None = None  # the thread that runs this one's
         self._wake_due = 0.0
         self._reported_beat = 0.0
         # The beat of the last stall whose report has been handed over: ``_reported_beat``
@@ -253,7 +254,12 @@ class StallWatchdog:
         if queue is None and native_id is not None:
             queue = causes.RunQueue(native_id)
         self._run_queue = queue
-        return causes.read(self._loop_ident, queue, threading.get_ident())
+        own = self._own_queue
+        if own is None or own.native_id != threading.get_native_id():
+            if own is not None:
+                own.close()
+            own = self._own_queue = causes.RunQueue(threading.get_native_id())
+        return causes.read(self._loop_ident, queue, threading.get_ident(), own)
 
     def run(self) -> None:
         """Watch until stopped (the body of the watchdog's thread, or of its host's)."""
@@ -271,9 +277,10 @@ class StallWatchdog:
                 )
                 self._stopped.wait(1.0)
         self._last_look()
-        if self._run_queue is not None:
-            self._run_queue.close()  # its reader's to close: this thread's
-            self._run_queue = None
+        for queue in (self._run_queue, self._own_queue):
+            if queue is not None:
+                queue.close()  # its reader's to close: this thread's
+        self._run_queue = self._own_queue = None
 
     def _last_look(self) -> None:
         """Report a stall that ended just before ``stop`` and that no look has seen yet.
@@ -406,7 +413,8 @@ class StallWatchdog:
         last: Sample | None = None,
     ) -> Look:
         """Everything ``attribute`` decides the interval from ``begin`` to ``reading`` on."""
-        late = reading.at - self._wake_due > LATE_S
+        # Late for want of a CPU is no sign of a GIL holder: the host did not run us.
+        late = reading.at - self._wake_due - causes.own_wait_s(prev, reading) > LATE_S
         gc_s, generation = self._gc.overlap(prev.at, reading.at)
         if self._dump is not None:
             # The one place the dump is read: it goes with the stall it was written in.

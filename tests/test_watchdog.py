@@ -600,3 +600,42 @@ def test_spins_never_read_wait_in_their_last_milliseconds(registry: CollectorReg
     # Beside CPU hogs a spin also waits for a CPU: starved is as true.
     assert {c.cause for e in ended for c in e.culprits} <= {"cpu", "starved"}, ended
     assert blocked(registry, "", "wait") == 0.0
+
+
+def test_a_watchdog_the_host_runs_late_still_reads_a_sleep_as_wait(
+    registry: CollectorRegistry, stalls: Events, hog_on_one_cpu: int
+) -> None:
+    """A late watchdog meant "some thread held the GIL"; late for want of a CPU, it does not.
+
+    The watchdog shares a CPU with a hog at nice 19; the loop sleeps on the other CPU.
+    Each sleep read ``unknown``, though the loop's stack named it: 3 of 3 before.
+    """
+    others = os.sched_getaffinity(0) - {hog_on_one_cpu}
+    if not others:
+        pytest.skip("one CPU: the loop would share the hog's")
+
+    async def sleeps() -> None:
+        watcher = Watcher(registry=registry, stall_threshold=0.1)
+        watcher.start()
+        os.sched_setaffinity(0, others)
+        [watchdog] = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+        assert watchdog.native_id is not None
+        os.sched_setaffinity(watchdog.native_id, {hog_on_one_cpu})
+        os.setpriority(os.PRIO_PROCESS, watchdog.native_id, 19)
+        await asyncio.sleep(0.3)
+        for _ in range(3):
+            sleep_a_while(0.3)
+            await asyncio.sleep(0.3)
+        await wait_until(lambda: watcher.stalls >= 3, timeout=5.0)
+        watcher.stop()
+
+    # A thread of its own: its CPU affinity goes with it.
+    loop_thread = threading.Thread(target=asyncio.run, args=(sleeps(),))
+    loop_thread.start()
+    loop_thread.join()
+    slept = [e for e in stall_events(stalls) if e["culprit"].endswith(" sleep_a_while")]
+    assert slept, stall_events(stalls)
+    for event in slept:
+        assert event["cause"] == "wait", event
+        [wait] = [c for c in event["culprits"] if c["cause"] == "wait"]
+        assert wait["seconds"] >= 0.8 * event["duration"], event
