@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -155,7 +156,13 @@ async def test_auto_moves_pure_python_to_a_process_and_keeps_hashing_on_threads(
     decisions = {d["worker"]: d for d in auto.decisions()}
     assert decisions["python"]["switches"] == 1
     assert decisions["hashlib"]["switches"] == 0
-    assert "lets go of it" in decisions["hashlib"]["reason"]
+    # Beside CPU hogs a hashing thread may get 7% of a CPU over its wall time: then the
+    # reason says it waits. Either way it held the GIL too little to move.
+    reason = decisions["hashlib"]["reason"]
+    assert "lets go of it" in reason or "they wait" in reason, reason
+    held = re.search(r"held the GIL for (\d+)%", reason)
+    assert held is not None, reason
+    assert int(held[1]) < MOVE_GIL_SHARE * 100, reason
 
 
 async def test_advise_logs_the_decision_and_moves_nothing() -> None:
