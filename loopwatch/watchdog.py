@@ -343,8 +343,10 @@ class StallWatchdog:
             seconds = max(0.0, min(end, reading.at) - begin)
             if came_back and last is not None and seconds < causes.MOST * (reading.at - prev.at):
                 # Most of this look's interval is the loop idle again, after the stall:
-                # its figures read "wait". The stall's sliver of it goes on as it was.
-                self._charge_seconds(stall, last, seconds)
+                # its figures read "wait". The stall's sliver of it goes on as it was,
+                # with the evidence kept: the run-queue wait the kernel added as the
+                # loop ran again is the stall's (a starved one's, all of it).
+                self._charge(stall, last, seconds, verdict)
             else:
                 self._charge(stall, sample, seconds, verdict)
             prev, last = reading, sample
@@ -378,12 +380,18 @@ class StallWatchdog:
         if tail > 0 and last is not None:
             self._charge_seconds(stall, last, tail)
         stall.fit(duration)
+        after = self._read()
+        if end is not None and after.loop_queue_s is not None and prev.loop_queue_s is not None:
+            # The kernel adds a wait for a CPU when the thread runs again: the loop did as
+            # the stall ended, maybe just after the look that found it back.
+            late_wait = max(0.0, after.loop_queue_s - prev.loop_queue_s)
+            stall.queue_wait_s += min(late_wait, duration)
         stall.account_late_queue_wait(duration)
         self._count(stall)
         # Its run-queue wait is in the loop thread's own figure (the utilization estimate).
         self.offcpu_s += max(0.0, duration - stall.loop_cpu_s - stall.queue_wait_s)
         self._reported_beat = stall.beat
-        self._baseline = self._read()
+        self._baseline = after
         self._report(stall, duration, ongoing=False)
         self._delivered_beat = max(self._delivered_beat, stall.beat)
 
