@@ -152,22 +152,26 @@ class RunQueue:
 
     A read is then ~1 us (opening the file each time: ~35 us), cheap enough for every
     look: a figure refreshed less often carried the queueing from before a stall into it.
-    Owned by the thread that reads it, which closes it.
+    The file is opened at the first read, not here: opening lets go of the GIL, and a
+    reading takes its clocks before it does. Owned by the thread that reads it.
     """
 
-    __slots__ = ("_fd", "native_id")
+    __slots__ = ("_fd", "_opened", "native_id")
 
     def __init__(self, native_id: int) -> None:
         self.native_id = native_id
-        try:
-            self._fd: int | None = os.open(
-                f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY | os.O_CLOEXEC
-            )
-        except OSError:
-            self._fd = None  # no procfs, or no descriptor left: no figure, not an error
+        self._fd: int | None = None
+        self._opened = False
 
     def wait_s(self) -> float | None:
         """Seconds the thread spent runnable but not running; None if unknown."""
+        if not self._opened:
+            self._opened = True
+            # No procfs, or no descriptor left: no figure, not an error.
+            with contextlib.suppress(OSError):
+                self._fd = os.open(
+                    f"/proc/self/task/{self.native_id}/schedstat", os.O_RDONLY | os.O_CLOEXEC
+                )
         if self._fd is None:
             return None
         try:
@@ -177,6 +181,7 @@ class RunQueue:
 
     def close(self) -> None:
         """Close the file; a later ``wait_s`` is None."""
+        self._opened = True
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -207,14 +212,13 @@ def read(
 ) -> Reading:
     """The loop thread's CPU and run-queue wait, and every other thread's CPU but ``skip``'s.
 
-    ``own``: the reading thread's run-queue wait, read first (it is running now, so the
-    kernel has added the wait that woke it late).
+    ``own``: the reading thread's run-queue wait (it is running, so the kernel has added
+    the wait that woke it late), read last with the loop's.
 
     The time and the clocks come first, the ``schedstat`` read last: it is a system call,
     which lets go of the GIL, and native code may hold it from then on. The gap then
     falls into the next interval, as it should, not between this reading's parts.
     """
-    own_queue = None if own is None else own.wait_s()
     at = perf_counter()
     loop_cpu = thread_cpu_s(loop_ident) or 0.0
     others = {}
@@ -225,7 +229,8 @@ def read(
         cpu = thread_cpu_s(ident)
         if cpu is not None:
             others[ident] = cpu
-    return Reading(at, loop_cpu, None if queue is None else queue.wait_s(), others, own_queue)
+    loop_queue = None if queue is None else queue.wait_s()
+    return Reading(at, loop_cpu, loop_queue, others, None if own is None else own.wait_s())
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,9 @@ class StallWatchdog:
             if self._baseline is None:
                 self._baseline = reading  # never ran (the GIL was held from the start)
             self._report_unseen(reading)
+            if self._probe.last_long_lag[0] > self._reported_beat:
+                self._baseline = reading  # read as the stall ended: once more, after it
+                self._report_unseen(self._read())
         except Exception:
             emit(log, logging.ERROR, "watchdog_error", "the stall watchdog failed; it goes on",
                  exc_info=True)  # fmt: skip
@@ -391,7 +394,9 @@ class StallWatchdog:
         # Its run-queue wait is in the loop thread's own figure (the utilization estimate).
         self.offcpu_s += max(0.0, duration - stall.loop_cpu_s - stall.queue_wait_s)
         self._reported_beat = stall.beat
-        self._baseline = after
+        # Stuck again since, and back (a second block we were kept off the GIL for): the
+        # last look before it is the baseline of that unseen stall, not this late one.
+        self._baseline = prev if self._probe.last_long_lag[0] > stall.beat else after
         self._report(stall, duration, ongoing=False)
         self._delivered_beat = max(self._delivered_beat, stall.beat)
 
@@ -400,8 +405,13 @@ class StallWatchdog:
         long_beat, long_lag = self._probe.last_long_lag
         if long_beat <= self._reported_beat or self._baseline is None:
             return
-        self._reported_beat = long_beat
         stall = Stall(beat=long_beat, start=long_beat + self._probe.resolution_s)
+        if reading.at < stall.start + long_lag:
+            # The reading's clocks were taken before the stall ended: it let go of the
+            # GIL for its schedstat read and the stall's holder took it. Its figures are
+            # of before; the next look's are of after, with this one as their baseline.
+            return
+        self._reported_beat = long_beat
         look = self._gather(self._baseline, reading, stall, stall.start, sampled=False)
         verdict, sample = self._attribute(stall, look)
         self._charge(stall, sample, long_lag, verdict)
