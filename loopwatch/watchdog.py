@@ -344,9 +344,15 @@ class StallWatchdog:
             # stall kept the watchdog off the GIL. Its seconds are the next stall's.
             end = (self._ended_at(stall) or reading.at) if came_back else reading.at
             seconds = max(0.0, min(end, reading.at) - begin)
-            if came_back and last is not None and seconds < causes.MOST * (reading.at - prev.at):
-                # Most of this look's interval is the loop idle again, after the stall:
-                # its figures read "wait". The stall's sliver of it goes on as it was,
+            span = reading.at - prev.at
+            if (
+                came_back
+                and last is not None
+                and (seconds < causes.MOST * span or span <= SAMPLE_S + LATE_S)
+            ):
+                # This look's figures mix the stall's last stretch with the loop idle
+                # again after it (they read "wait"), and it took no stack: on time or
+                # mostly after the stall, the stretch goes on as the look before saw it,
                 # with the evidence kept: the run-queue wait the kernel added as the
                 # loop ran again is the stall's (a starved one's, all of it).
                 self._charge(stall, last, seconds, verdict)
