@@ -197,7 +197,10 @@ interval = 1.0
     assert "tests/targets.py:" in mine[0]["culprit"]
     if cause != "gc":  # a GC stall also holds the cycles' making: cpu
         assert stall["cause"] == cause, stall
-        assert mine[0]["seconds"] >= 0.8 * stall["duration"], stall
+        # Beside CPU hogs the loop also waits for a CPU in the stall: that part is the
+        # host's (starved), not another cause (a loaded run: a spin 71% cpu, the rest).
+        starved = sum(c["seconds"] for c in stall["culprits"] if c["cause"] == "starved")
+        assert mine[0]["seconds"] + starved >= 0.8 * stall["duration"], stall
     else:
         assert stall["gc_generation"] == 2
         assert stall["gc_seconds"] >= 0.1
