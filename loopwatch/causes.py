@@ -41,10 +41,15 @@ def schedstat(native_id: int, pid: int | str = "self") -> tuple[float, float] | 
     """A thread's seconds on a CPU and waiting for one (``schedstat``); None if unknown."""
     try:
         with open(f"/proc/{pid}/task/{native_id}/schedstat", "rb") as f:  # noqa: PTH123 - hot
-            on_cpu, waiting = f.read().split()[:2]
-        return int(on_cpu) / 1e9, int(waiting) / 1e9
+            return _parse_schedstat(f.read())
     except (OSError, ValueError):
         return None
+
+
+def _parse_schedstat(raw: bytes) -> tuple[float, float]:
+    """(seconds on a CPU, seconds waiting for one) of a ``schedstat`` file's text."""
+    on_cpu, waiting = raw.split()[:2]
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 def run_queue_wait_s(native_id: int) -> float | None:
@@ -175,8 +180,8 @@ class RunQueue:
         if self._fd is None:
             return None
         try:
-            return int(os.pread(self._fd, 128, 0).split()[1]) / 1e9
-        except (OSError, ValueError, IndexError):
+            return _parse_schedstat(os.pread(self._fd, 128, 0))[1]
+        except (OSError, ValueError):
             return None  # the thread has ended
 
     def close(self) -> None:
@@ -200,11 +205,16 @@ class Reading:
     own_queue_s: float | None = None
 
 
+def waited_s(before: float | None, after: float | None) -> float:
+    """Run-queue seconds added between two figures of one thread (0 if either is unknown)."""
+    if before is None or after is None:
+        return 0.0
+    return max(0.0, after - before)
+
+
 def own_wait_s(before: Reading, after: Reading) -> float:
     """Seconds the reading thread waited for a CPU between two readings (0 if unknown)."""
-    if before.own_queue_s is None or after.own_queue_s is None:
-        return 0.0
-    return max(0.0, after.own_queue_s - before.own_queue_s)
+    return waited_s(before.own_queue_s, after.own_queue_s)
 
 
 def read(
@@ -275,9 +285,7 @@ def classify(
     """
     span = max(after.at - before.at, 1e-9)
     loop_cpu = max(0.0, after.loop_cpu_s - before.loop_cpu_s)
-    queue = 0.0
-    if after.loop_queue_s is not None and before.loop_queue_s is not None:
-        queue = max(0.0, after.loop_queue_s - before.loop_queue_s)
+    queue = waited_s(before.loop_queue_s, after.loop_queue_s)
     holder, holder_cpu = busiest_thread(before, after)
     evidence: dict[str, Any] = {"loop_cpu_s": loop_cpu, "queue_wait_s": queue}
     if gc_s >= MOST * span:

@@ -246,19 +246,9 @@ class StallWatchdog:
         return overdue if overdue >= self._probe.stall_threshold_s else 0.0
 
     def _read(self) -> causes.Reading:
-        native_id = self._loop_native_id
-        queue = self._run_queue
-        if queue is not None and queue.native_id != native_id:
-            queue.close()  # retargeted to another thread
-            queue = None
-        if queue is None and native_id is not None:
-            queue = causes.RunQueue(native_id)
-        self._run_queue = queue
-        own = self._own_queue
-        if own is None or own.native_id != threading.get_native_id():
-            if own is not None:
-                own.close()
-            own = self._own_queue = causes.RunQueue(threading.get_native_id())
+        # Retargeted to another loop thread, or run by another host thread: new files.
+        self._run_queue = queue = _run_queue_of(self._run_queue, self._loop_native_id)
+        self._own_queue = own = _run_queue_of(self._own_queue, threading.get_native_id())
         return causes.read(self._loop_ident, queue, threading.get_ident(), own)
 
     def run(self) -> None:
@@ -355,9 +345,9 @@ class StallWatchdog:
                 # mostly after the stall, the stretch goes on as the look before saw it,
                 # with the evidence kept: the run-queue wait the kernel added as the
                 # loop ran again is the stall's (a starved one's, all of it).
-                self._charge(stall, last, seconds, verdict)
+                stall.charge(last, seconds, verdict)
             else:
-                self._charge(stall, sample, seconds, verdict)
+                stall.charge(sample, seconds, verdict)
             prev, last = reading, sample
             if came_back:
                 break
@@ -387,13 +377,13 @@ class StallWatchdog:
         duration = (end if end is not None else perf_counter()) - stall.start
         tail = stall.start + duration - prev.at
         if tail > 0 and last is not None:
-            self._charge_seconds(stall, last, tail)
+            stall.charge(last, tail, causes.Verdict(last.cause, loop_cpu_s=0.0))
         stall.fit(duration)
         after = self._read()
-        if end is not None and after.loop_queue_s is not None and prev.loop_queue_s is not None:
+        if end is not None:
             # The kernel adds a wait for a CPU when the thread runs again: the loop did as
             # the stall ended, maybe just after the look that found it back.
-            late_wait = max(0.0, after.loop_queue_s - prev.loop_queue_s)
+            late_wait = causes.waited_s(prev.loop_queue_s, after.loop_queue_s)
             stall.queue_wait_s += min(late_wait, duration)
         stall.account_late_queue_wait(duration)
         self._count(stall)
@@ -413,14 +403,14 @@ class StallWatchdog:
             return
         stall = Stall(beat=long_beat, start=long_beat + self._probe.resolution_s)
         if reading.at < stall.start + long_lag:
-            # The reading's clocks were taken before the stall ended: it let go of the
-            # GIL for its schedstat read and the stall's holder took it. Its figures are
-            # of before; the next look's are of after, with this one as their baseline.
+            # The reading's clocks were taken before the stall ended: the stall's holder
+            # took the GIL from us while we read. Its figures are of before; the next
+            # look's are of after, with this one as their baseline.
             return
         self._reported_beat = long_beat
         look = self._gather(self._baseline, reading, stall, stall.start, sampled=False)
         verdict, sample = self._attribute(stall, look)
-        self._charge(stall, sample, long_lag, verdict)
+        stall.charge(sample, long_lag, verdict)
         stall.fit(long_lag)
         self._count(stall)
         self._report(stall, long_lag, ongoing=False)
@@ -529,14 +519,6 @@ class StallWatchdog:
             depth += 1
         return None
 
-    def _charge(
-        self, stall: Stall, sample: Sample, seconds: float, verdict: causes.Verdict
-    ) -> None:
-        stall.charge(sample, seconds, verdict)
-
-    def _charge_seconds(self, stall: Stall, sample: Sample, seconds: float) -> None:
-        self._charge(stall, sample, seconds, causes.Verdict(sample.cause, loop_cpu_s=0.0))
-
     def _count(self, stall: Stall) -> None:
         """Add an ended stall's seconds to the counters, by its final worker and cause.
 
@@ -588,6 +570,15 @@ def _summary(fields: dict[str, Any]) -> dict[str, Any]:
     """A finished stall as ``recent`` keeps it: when it ended, and what held the loop."""
     kept = {k: fields[k] for k in SUMMARY_KEYS if fields.get(k) is not None}
     return {"at": round(time.time(), 3), **kept}
+
+
+def _run_queue_of(queue: causes.RunQueue | None, native_id: int | None) -> causes.RunQueue | None:
+    """``queue`` if it reads ``native_id``'s figure; else closed, and one that does."""
+    if queue is not None and queue.native_id == native_id:
+        return queue
+    if queue is not None:
+        queue.close()
+    return None if native_id is None else causes.RunQueue(native_id)
 
 
 def _definition(fn: Any) -> str | None:
