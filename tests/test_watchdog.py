@@ -12,7 +12,7 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
@@ -479,6 +479,13 @@ def test_an_unseen_culprit_never_contradicts_its_cause(late: bool) -> None:
     assert ("GIL" in unseen_culprit("gil", late=late)) is late
 
 
+def run_on_a_thread_of_its_own(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` on a new thread: the CPUs and policy it sets go with it."""
+    loop_thread = threading.Thread(target=asyncio.run, args=(main,))
+    loop_thread.start()
+    loop_thread.join()
+
+
 @pytest.fixture
 def hog_on_one_cpu() -> Iterator[int]:
     """A CPU hog pinned to one CPU, which it yields."""
@@ -514,10 +521,7 @@ def test_blocked_seconds_count_a_stall_as_its_line_reads_when_the_host_starves_i
             await asyncio.sleep(0.01)
         watcher.stop()
 
-    # A thread of its own: its scheduling policy goes with it.
-    loop_thread = threading.Thread(target=asyncio.run, args=(starved_loop(),))
-    loop_thread.start()
-    loop_thread.join()
+    run_on_a_thread_of_its_own(starved_loop())
     ended = [e for e in finished if not e.ongoing]
     assert len(ended) >= 3
     logged: dict[tuple[str, str], float] = {}
@@ -567,10 +571,7 @@ def test_a_sleep_after_a_loop_waited_for_a_cpu_reads_wait(
         await asyncio.sleep(0.05)
         watcher.stop()
 
-    # A thread of its own: its CPU affinity goes with it.
-    loop_thread = threading.Thread(target=asyncio.run, args=(shared_loop(),))
-    loop_thread.start()
-    loop_thread.join()
+    run_on_a_thread_of_its_own(shared_loop())
     assert queued[0] >= 0.1  # it did wait for a CPU, before the stall
     [event] = [e for e in stall_events(stalls) if e["culprit"].endswith(" sleep_a_while")]
     assert event["cause"] == "wait", event
@@ -629,10 +630,7 @@ def test_a_watchdog_the_host_runs_late_still_reads_a_sleep_as_wait(
         await wait_until(lambda: watcher.stalls >= 3, timeout=5.0)
         watcher.stop()
 
-    # A thread of its own: its CPU affinity goes with it.
-    loop_thread = threading.Thread(target=asyncio.run, args=(sleeps(),))
-    loop_thread.start()
-    loop_thread.join()
+    run_on_a_thread_of_its_own(sleeps())
     slept = [e for e in stall_events(stalls) if e["culprit"].endswith(" sleep_a_while")]
     assert slept, stall_events(stalls)
     for event in slept:
