@@ -76,11 +76,13 @@ def test_cooperative_and_executor_strategies_run_generators(
     # The custom executor's thread parses JSON holding the GIL while the cooperative
     # worker runs on the loop: they trade the GIL every switch interval (5 ms), so this
     # mix is bounded by a few switch intervals, not by the slice alone. On a loaded host
-    # each hand-off of the GIL also waits for a CPU, as the floor's timer does: one loaded
-    # run read 176 ms beside a floor of 18 ms.
-    p99 = histogram_quantile(daemon.scrape(), LAG, 0.99)
+    # each hand-off of the GIL also waits for a CPU, as the floor's timer does. The run
+    # holds 20-30 samples: its p99 is its worst one, and CI's neighbours once made that
+    # 218 ms beside a floor of 8 ms (2 hogs here: 45-92 ms, the next worst under 25 ms).
+    # The p90 leaves a host two such preemptions.
+    p90 = histogram_quantile(daemon.scrape(), LAG, 0.9)
     floor = lag_floor.p99()
-    assert p99 <= 0.1 + 5 * floor, f"lag p99 {p99:.4f} s; this machine's own floor {floor:.4f} s"
+    assert p90 <= 0.1 + 5 * floor, f"lag p90 {p90:.4f} s; this machine's own floor {floor:.4f} s"
     daemon.stop()
 
 
