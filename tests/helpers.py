@@ -91,6 +91,16 @@ def wait_tasks(
     )
 
 
+def of_code(stall: dict[str, Any]) -> bool:
+    """Whether a ``stall`` line is of the daemon's code, seen by the watchdog.
+
+    On a busy host the first stall may be the host's (the loop waited for a CPU:
+    ``starved``, in no one's code; CI's first minute, building wheels, made one), or one
+    the watchdog itself had no CPU to look at (named by the call it overlapped, no stack).
+    """
+    return stall["cause"] != "starved" and bool(stall["stack"])
+
+
 def run_loopwatch(
     *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_process import ROOT
-from tests.helpers import StartDaemon, WriteConfig, run_loopwatch, wait_tasks, worker_toml
+from tests.helpers import (
+    StartDaemon,
+    WriteConfig,
+    of_code,
+    run_loopwatch,
+    wait_tasks,
+    worker_toml,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -93,7 +100,7 @@ def test_the_readme_walkthrough_names_the_line_and_the_cause(
     (package / "report.py").write_text(module)
     daemon = start_daemon(write_config(toml))
     daemon.wait_ready()
-    stall = daemon.wait_event("stall")
+    stall = daemon.wait_event("stall", of_code)
     assert stall["culprit"] == f"{package}/report.py:7 checksum"
     assert stall["cause"] == "cpu"
     assert stall["worker"] == "report"
