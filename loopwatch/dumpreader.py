@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loopwatch import frames
-from loopwatch.causes import schedstat
+from loopwatch.causes import Cause, schedstat
 from loopwatch.dump import (
     SELF_HEADER,
     THREAD_HEADER,
@@ -43,26 +43,45 @@ from loopwatch.dump import (
 
 # A dump is whole once its writer has been quiet this long.
 QUIET_S = 0.05
-# How long the reader watches the loop thread's CPU clock, and the share that is "busy".
+# How long the reader watches the loop thread's clocks, and the share of it the thread
+# must have run or waited for a CPU to be busy rather than blocked.
 BUSY_LOOK_S = 0.1
 BUSY_SHARE = 0.5
+# The share of the look a wait for a CPU must cover for the host, not the code, to be
+# the cause: the kernel's and our clocks are read a few microseconds apart.
+COVERS = 0.9
 _CURRENT = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
 
 
+def cause_from_clocks(ran_s: float, queued_s: float, look_s: float) -> Cause:
+    """What a loop thread stuck in one call did over a look of ``look_s`` seconds.
+
+    Computed (``cpu``), even if the host ran it a third of the time: it waited for a CPU
+    the rest, not for something outside. Blocked (``wait``) when it neither ran nor
+    waited for a CPU most of the look; ``starved`` when it waited for one all along.
+    """
+    if queued_s >= COVERS * look_s:
+        return "starved"
+    if ran_s + queued_s >= BUSY_SHARE * look_s:
+        return "cpu"
+    return "wait"
+
+
 def stall_line(
-    dump: str, loop_thread: int, deadline_s: float, loop_busy: bool | None = None
+    dump: str, loop_thread: int, deadline_s: float, loop_cause: Cause | None = None
 ) -> dict[str, Any]:
     """The ``stall`` line of one dump: who held the GIL, and the user's line it ran.
 
-    ``loop_busy``: whether the loop thread used the CPU just now (None: unknown).
+    ``loop_cause``: what the loop thread did just now, from its clocks (None: unknown).
     """
     current = _CURRENT.search(dump)
     holder = int(current.group(1), 16) if current else None
+    cause: Cause
     if holder is None:
         # faulthandler's timer names no current thread: the loop's own stack is what is
-        # stuck; its CPU clock tells a call computing (cpu) from one waiting (wait).
+        # stuck; its clocks tell a call computing (cpu) from one waiting (wait).
         stack = stack_in_dump(dump, loop_thread)
-        cause = "unknown" if loop_busy is None else "cpu" if loop_busy else "wait"
+        cause = "unknown" if loop_cause is None else loop_cause
     elif holder == loop_thread:
         # The loop thread itself is in a call that keeps the GIL: its own code ran.
         cause, stack = "cpu", stack_in_dump(dump, holder)
@@ -153,14 +172,15 @@ def main() -> None:
             return
         if not THREAD_HEADER.search(dump):
             return
-        busy = None
+        cause = None
         if loop_native is not None:
-            before = schedstat(loop_native, watched)
+            before, started = schedstat(loop_native, watched), time.perf_counter()
             time.sleep(BUSY_LOOK_S)
-            after = schedstat(loop_native, watched)
+            after, ended = schedstat(loop_native, watched), time.perf_counter()
             if before is not None and after is not None:
-                busy = after[0] - before[0] >= BUSY_SHARE * BUSY_LOOK_S
-        line = stall_line(dump, loop_thread, deadline_s, busy)
+                ran, queued = after[0] - before[0], after[1] - before[1]
+                cause = cause_from_clocks(ran, queued, ended - started)
+        line = stall_line(dump, loop_thread, deadline_s, cause)
         cut = not line["stack"] and threads_if_cut(dump) is not None
         if cut and self_dump and loop_native and _signal_thread(watched, loop_native, self_dump):
             asked[:] = [line]  # written when the answer comes, with the loop's own stack

@@ -283,6 +283,23 @@ def test_the_readers_line_says_when_the_dump_was_cut_before_the_loop() -> None:
     assert named["culprit"] == "/srv/app/report.py:7 checksum"
 
 
+@pytest.mark.parametrize(
+    ("ran", "queued", "cause"),
+    [
+        (0.1, 0.0, "cpu"),
+        (0.033, 0.067, "cpu"),  # a third of a CPU shared with two hogs: computing still
+        (0.0, 0.1, "starved"),  # waited for a CPU all along: the host's
+        (0.0, 0.0, "wait"),  # neither ran nor wanted to: blocked
+        (0.01, 0.02, "wait"),
+    ],
+)
+def test_the_reader_tells_a_call_the_host_runs_little_from_one_that_waits(
+    ran: float, queued: float, cause: str
+) -> None:
+    """The run-queue wait counts as wanting to run: CI's busy start read ``wait`` (#33)."""
+    assert dumpreader.cause_from_clocks(ran, queued, 0.1) == cause
+
+
 async def test_a_dump_goes_with_the_stall_it_was_written_in(
     registry: CollectorRegistry, stalls: Events
 ) -> None:

@@ -418,6 +418,37 @@ def test_a_loop_held_by_native_code_for_good_is_seen_and_the_unit_can_still_kill
     poll(lambda: not Path(f"/proc/{readers[0]}").exists(), timeout=5, what="the reader gone")
 
 
+def test_the_readers_line_reads_cpu_for_native_code_the_host_runs_a_third_of_the_time(
+    write_config: WriteConfig, start_daemon: StartDaemon
+) -> None:
+    """A C call that computes, on a CPU it shares with two hogs: ``cpu``, not ``wait``.
+
+    CI's first minute (building wheels beside it) made the reader's line read ``wait``:
+    it took a loop thread that ran under half of its look for one blocked, though the
+    thread waited for a CPU the rest of the time (#33: the host's wait is no cause).
+    """
+    cpu = min(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    forever = HELD_BY_NATIVE_CODE.replace("hold_gil_for", "native_sum").replace("seconds", "n")
+    everywhere = os.sched_getaffinity(0)
+    try:
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, {cpu})
+        os.sched_setaffinity(0, {cpu})  # the daemon and its reader are started on it
+        try:
+            daemon = start_daemon(write_config(forever.format(n=10**13)))
+        finally:
+            os.sched_setaffinity(0, everywhere)
+        daemon.wait_ready(timeout=30)
+        seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=30)
+        assert seen["culprit"].endswith(" native_sum"), seen
+        assert seen["cause"] == "cpu", seen
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def test_a_big_json_parse_on_a_thread_is_named_with_its_worker(
     write_config: WriteConfig, start_daemon: StartDaemon, tmp_path: Path
 ) -> None:
