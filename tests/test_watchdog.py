@@ -654,3 +654,19 @@ def test_a_watchdog_the_host_runs_late_still_reads_a_sleep_as_wait(
         assert event["cause"] == "wait", event
         [wait] = [c for c in event["culprits"] if c["cause"] == "wait"]
         assert wait["seconds"] >= 0.8 * event["duration"], event
+
+
+async def test_stop_cuts_the_watchdogs_pause_short_every_time(registry: CollectorRegistry) -> None:
+    """A 5 s threshold: an idle watchdog pauses ~5 s between looks; ``stop`` ends it now.
+
+    Its pause is a timed lock acquire that ``stop`` releases (cheaper than an ``Event``'s
+    wait); a second start and stop must do the same, on a lock taken again.
+    """
+    watcher = Watcher(registry=registry, stall_threshold=5.0, dump_after=0.0)
+    for _ in range(2):
+        watcher.start()
+        await asyncio.sleep(0.05)  # the watchdog has looked once and pauses
+        [thread] = [t for t in threading.enumerate() if t.name == "loopwatch-watchdog"]
+        watcher.stop()
+        thread.join(0.5)  # stop waited up to 1 s, and no pause ended meanwhile
+        assert not thread.is_alive()
