@@ -240,7 +240,10 @@ interval = 3.0
 """)
     )
     daemon.wait_ready()
-    stall = daemon.wait_event("stall", lambda e: len(e["culprits"]) >= 2 and not e["ongoing"])
+    stall = daemon.wait_event(
+        "stall",
+        lambda e: {c["worker"] for c in e["culprits"]} >= {"short", "long"} and not e["ongoing"],
+    )
     seconds: dict[str, float] = {}
     for c in stall["culprits"]:
         seconds[c["worker"]] = seconds.get(c["worker"], 0.0) + c["seconds"]
