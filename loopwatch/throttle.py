@@ -70,9 +70,6 @@ class LogThrottle:
 
     def flush(self, *, force: bool = False) -> None:
         """Emit the summaries of ended windows (of all windows with ``force``)."""
-        if not self._windows:
-            return  # the watchdog's every idle look: no lock to take (a window opened
-            # meanwhile closes no sooner than its length, for a later flush)
         with self._lock:
             now = float("inf") if force else self._clock()
             to_emit = self._close_expired(now)

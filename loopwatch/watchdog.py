@@ -12,7 +12,6 @@ blocks is split by culprit, and the seconds add up to the stall's duration.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import logging
 import sys
@@ -116,8 +115,6 @@ class StallWatchdog:
         self._gc = causes.GcTracker()
         self._stopped = threading.Event()
         self._stopped.set()  # until ``start``
-        # Held while watching; ``stop`` releases it to cut a pause short (``_pause``).
-        self._wake = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_ident = 0
@@ -149,7 +146,6 @@ class StallWatchdog:
         self._loop_ident = threading.get_ident()
         self._loop_native_id = threading.get_native_id()
         self._stopped.clear()
-        self._wake.acquire(blocking=False)
         self._loop_is_gone = False
         self._gc.install()
         if self._dump_after_s > 0 and self._dump is None:
@@ -205,7 +201,6 @@ class StallWatchdog:
         stays armed for the next ``start``; ``close`` ends it.
         """
         self._stopped.set()
-        self._wake_up()
         if self._host is not None:
             self._host.wait_parked(timeout_s)
         elif self._thread is not None:
@@ -233,22 +228,6 @@ class StallWatchdog:
             return None
         dump.keep_armed()
         return dump.rearm_s
-
-    def _pause(self, seconds: float) -> bool:
-        """Wait ``seconds``, or until ``stop``; whether stopped.
-
-        One timed lock acquire: an ``Event``'s timed wait builds a ``Condition`` waiter
-        each time, ~20 us more per wake (measured: the idle watchdog wakes ten times a
-        second at ~200 us of CPU each, on this machine).
-        """
-        if self._wake.acquire(timeout=seconds):
-            self._wake_up()  # free again: any later pause returns at once
-        return self._stopped.is_set()
-
-    def _wake_up(self) -> None:
-        # Released by ``stop`` while ``_pause`` holds it, or already free: both are fine.
-        with contextlib.suppress(RuntimeError):
-            self._wake.release()
 
     def _loop_gone(self) -> None:
         """The watched loop was closed without ``stop``: end watching, report nothing."""
@@ -286,7 +265,7 @@ class StallWatchdog:
                     "the stall watchdog failed; it goes on",
                     exc_info=True,
                 )
-                self._pause(1.0)
+                self._stopped.wait(1.0)
         self._last_look()
         for queue in (self._run_queue, self._own_queue):
             if queue is not None:
@@ -336,7 +315,7 @@ class StallWatchdog:
                 self._dump.keep_armed()
             wait_s = threshold - overdue + 0.001
             self._wake_due = perf_counter() + wait_s
-            self._pause(wait_s)
+            self._stopped.wait(wait_s)
 
     def _follow(self, beat: float) -> None:
         probe = self._probe
@@ -377,7 +356,7 @@ class StallWatchdog:
             ):
                 self._report(stall, reading.at - stall.start, ongoing=True)
             self._wake_due = perf_counter() + SAMPLE_S
-            if self._pause(SAMPLE_S):
+            if self._stopped.wait(SAMPLE_S):
                 break
         self._finish(stall, prev, last)
 

@@ -659,8 +659,7 @@ def test_a_watchdog_the_host_runs_late_still_reads_a_sleep_as_wait(
 async def test_stop_cuts_the_watchdogs_pause_short_every_time(registry: CollectorRegistry) -> None:
     """A 5 s threshold: an idle watchdog pauses ~5 s between looks; ``stop`` ends it now.
 
-    Its pause is a timed lock acquire that ``stop`` releases (cheaper than an ``Event``'s
-    wait); a second start and stop must do the same, on a lock taken again.
+    A second start and stop must do the same: the watchdog's stop flag is cleared again.
     """
     watcher = Watcher(registry=registry, stall_threshold=5.0, dump_after=0.0)
     for _ in range(2):
