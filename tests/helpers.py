@@ -101,6 +101,21 @@ def of_code(stall: dict[str, Any]) -> bool:
     return stall["cause"] != "starved" and bool(stall["stack"])
 
 
+@contextlib.contextmanager
+def hogs_on_one_cpu(count: int = 1) -> Iterator[int]:
+    """``count`` CPU hogs pinned to one CPU, which it yields; killed on exit."""
+    cpu = min(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        for hog in hogs:
+            os.sched_setaffinity(hog.pid, {cpu})
+        yield cpu
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 def run_loopwatch(
     *args: str, timeout: float = 60.0, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -7,8 +7,6 @@ import contextlib
 import gc
 import json
 import os
-import subprocess
-import sys
 import sysconfig
 import threading
 import time
@@ -24,7 +22,7 @@ from loopwatch.occupant import run_timed
 from loopwatch.stall import StallEvent
 from loopwatch.watcher import Watcher
 from tests import targets as test_targets
-from tests.helpers import library_logs
+from tests.helpers import hogs_on_one_cpu, library_logs
 from tests.waiting import wait_until
 
 Events = list[dict[str, Any]]
@@ -506,14 +504,8 @@ def run_on_a_thread_of_its_own(main: Coroutine[Any, Any, None]) -> None:
 @pytest.fixture
 def hog_on_one_cpu() -> Iterator[int]:
     """A CPU hog pinned to one CPU, which it yields."""
-    cpu = min(os.sched_getaffinity(0))
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        os.sched_setaffinity(hog.pid, {cpu})
+    with hogs_on_one_cpu() as cpu:
         yield cpu
-    finally:
-        hog.kill()
-        hog.wait()
 
 
 def test_blocked_seconds_count_a_stall_as_its_line_reads_when_the_host_starves_it(

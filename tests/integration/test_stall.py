@@ -16,7 +16,7 @@ import pytest
 
 from loopwatch.daemon.workloads import generated_document
 from tests.daemon_process import children_running
-from tests.helpers import StartDaemon, WriteConfig, of_code, worker_toml
+from tests.helpers import StartDaemon, WriteConfig, hogs_on_one_cpu, of_code, worker_toml
 from tests.waiting import poll
 
 pytestmark = pytest.mark.integration
@@ -430,13 +430,9 @@ def test_the_readers_line_reads_cpu_for_native_code_the_host_runs_a_third_of_the
     it took a loop thread that ran under half of its look for one blocked, though the
     thread waited for a CPU the rest of the time (#33: the host's wait is no cause).
     """
-    cpu = min(os.sched_getaffinity(0))
-    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     forever = HELD_BY_NATIVE_CODE.replace("hold_gil_for", "native_sum").replace("seconds", "n")
     everywhere = os.sched_getaffinity(0)
-    try:
-        for hog in hogs:
-            os.sched_setaffinity(hog.pid, {cpu})
+    with hogs_on_one_cpu(2) as cpu:
         os.sched_setaffinity(0, {cpu})  # the daemon and its reader are started on it
         try:
             daemon = start_daemon(write_config(forever.format(n=10**13)))
@@ -446,10 +442,6 @@ def test_the_readers_line_reads_cpu_for_native_code_the_host_runs_a_third_of_the
         seen = daemon.wait_event("stall", lambda e: e.get("source") == "dump", timeout=30)
         assert seen["culprit"].endswith(" native_sum"), seen
         assert seen["cause"] == "cpu", seen
-    finally:
-        for hog in hogs:
-            hog.kill()
-            hog.wait()
 
 
 def test_a_big_json_parse_on_a_thread_is_named_with_its_worker(
