@@ -145,7 +145,8 @@ strategy = "cooperative"
     }
     assert daemon.stop() == 0
     stalls = daemon.named("stall")
-    assert {cause for cause, seconds in blocked.items() if seconds > 0} <= {"starved"}, stalls
+    told = [(e["cause"], e["culprit"], e["duration"], e.get("run_queue_wait")) for e in stalls]
+    assert {cause for cause, seconds in blocked.items() if seconds > 0} <= {"starved"}, told
     assert {e["cause"] for e in stalls} <= {"starved"}, stalls
 
 
