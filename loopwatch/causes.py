@@ -153,43 +153,65 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
 
 
 class RunQueue:
-    """A thread's run-queue wait, read through its ``schedstat`` file kept open.
+    """A thread's run-queue wait and state, read through its ``/proc`` files kept open.
 
     A read is then ~1 us (opening the file each time: ~35 us), cheap enough for every
     look: a figure refreshed less often carried the queueing from before a stall into it.
-    The file is opened at the first read, not here: opening lets go of the GIL, and a
+    A file is opened at its first read, not here: opening lets go of the GIL, and a
     reading takes its clocks before it does. Owned by the thread that reads it.
     """
 
-    __slots__ = ("_fd", "_opened", "native_id")
+    __slots__ = ("_fds", "native_id")
 
     def __init__(self, native_id: int) -> None:
         self.native_id = native_id
-        self._fd: int | None = None
-        self._opened = False
+        self._fds: dict[str, int | None] = {}
 
     def wait_s(self) -> float | None:
         """Seconds the thread spent runnable but not running; None if unknown."""
-        if not self._opened:
-            self._opened = True
+        raw = self._read("schedstat")
+        try:
+            return None if raw is None else _parse_schedstat(raw)[1]
+        except ValueError:
+            return None
+
+    def runnable(self) -> bool | None:
+        """Whether the thread is on a CPU or waiting for one now; None if unknown.
+
+        The kernel adds a run-queue wait to ``schedstat`` only when the thread runs
+        again: until then a thread waiting for a CPU has the figures of a blocked one.
+        Its state tells them apart.
+        """
+        raw = self._read("stat")
+        if raw is None:
+            return None
+        after_name = raw.rpartition(b")")[2].split(maxsplit=1)
+        return after_name[0] == b"R" if after_name else None
+
+    def _read(self, name: str) -> bytes | None:
+        if name not in self._fds:
+            self._fds[name] = None
             # No procfs, or no descriptor left: no figure, not an error.
             with contextlib.suppress(OSError):
-                self._fd = os.open(
-                    f"/proc/self/task/{self.native_id}/schedstat", os.O_RDONLY | os.O_CLOEXEC
+                self._fds[name] = os.open(
+                    f"/proc/self/task/{self.native_id}/{name}", os.O_RDONLY | os.O_CLOEXEC
                 )
-        if self._fd is None:
+        fd = self._fds[name]
+        if fd is None:
             return None
         try:
-            return _parse_schedstat(os.pread(self._fd, 128, 0))[1]
-        except (OSError, ValueError):
+            return os.pread(fd, 512, 0)
+        except OSError:
             return None  # the thread has ended
 
     def close(self) -> None:
-        """Close the file; a later ``wait_s`` is None."""
-        self._opened = True
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Close the files; later reads are None."""
+        for name, fd in self._fds.items():
+            if fd is not None:
+                os.close(fd)
+            self._fds[name] = None
+        self._fds.setdefault("schedstat", None)
+        self._fds.setdefault("stat", None)
 
 
 @dataclass(frozen=True)
@@ -203,6 +225,9 @@ class Reading:
     # The reading thread's own run-queue wait: a watchdog woken late because the host did
     # not run it, not because another thread held the GIL.
     own_queue_s: float | None = None
+    # The loop thread on a CPU or waiting for one when read (``RunQueue.runnable``);
+    # None when not read (a healthy wake's baseline) or unknown.
+    loop_runnable: bool | None = None
 
 
 def waited_s(before: float | None, after: float | None) -> float:
@@ -218,12 +243,18 @@ def own_wait_s(before: Reading, after: Reading) -> float:
 
 
 def read(
-    loop_ident: int, queue: RunQueue | None, skip: int, own: RunQueue | None = None
+    loop_ident: int,
+    queue: RunQueue | None,
+    skip: int,
+    own: RunQueue | None = None,
+    *,
+    state: bool = False,
 ) -> Reading:
     """The loop thread's CPU and run-queue wait, and every other thread's CPU but ``skip``'s.
 
     ``own``: the reading thread's run-queue wait (it is running, so the kernel has added
-    the wait that woke it late), read last with the loop's.
+    the wait that woke it late), read last with the loop's. ``state``: whether the loop
+    thread is runnable too (a look during a stall, not a healthy wake's baseline).
 
     The time and the clocks come first, the ``schedstat`` read last: it is a system call,
     which lets go of the GIL, and native code may hold it from then on. The gap then
@@ -240,7 +271,9 @@ def read(
         if cpu is not None:
             others[ident] = cpu
     loop_queue = None if queue is None else queue.wait_s()
-    return Reading(at, loop_cpu, loop_queue, others, None if own is None else own.wait_s())
+    runnable = queue.runnable() if state and queue is not None else None
+    own_queue = None if own is None else own.wait_s()
+    return Reading(at, loop_cpu, loop_queue, others, own_queue, runnable)
 
 
 @dataclass(frozen=True)
@@ -295,6 +328,11 @@ def classify(
     # The kernel adds a wait to the figure when the thread runs again: a wait that began
     # before the interval may land in it, but never more of it than the interval holds.
     waited = min(queue, span)
+    if after.loop_runnable and before.loop_runnable is not False:
+        # Runnable when looked at, and not seen blocked before: what the figures do not
+        # show yet was a wait for a CPU (beside two hogs, a spin's first look, 3 ms after
+        # a baseline, read ``wait`` and was charged the stall's first 51 ms).
+        waited = span - loop_cpu
     if loop_cpu + waited >= MOST * span:
         # Runnable throughout, on a CPU or waiting for one, never blocked. Running code
         # for a good part of it: a callback that computes, on a host that shares its

@@ -245,11 +245,11 @@ class StallWatchdog:
         overdue = perf_counter() - self._probe.last_beat - self._probe.resolution_s
         return overdue if overdue >= self._probe.stall_threshold_s else 0.0
 
-    def _read(self) -> causes.Reading:
+    def _read(self, *, state: bool = False) -> causes.Reading:
         # Retargeted to another loop thread, or run by another host thread: new files.
         self._run_queue = queue = _run_queue_of(self._run_queue, self._loop_native_id)
         self._own_queue = own = _run_queue_of(self._own_queue, threading.get_native_id())
-        return causes.read(self._loop_ident, queue, threading.get_ident(), own)
+        return causes.read(self._loop_ident, queue, threading.get_ident(), own, state=state)
 
     def run(self) -> None:
         """Watch until stopped (the body of the watchdog's thread, or of its host's)."""
@@ -323,7 +323,7 @@ class StallWatchdog:
         prev = self._baseline or self._read()
         last: Sample | None = None
         while True:
-            reading = self._read()
+            reading = self._read(state=True)
             came_back = probe.last_beat != beat
             # The first interval starts at the stall's start: back-dated to the first sample.
             begin = stall.start if last is None else prev.at

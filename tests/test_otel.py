@@ -224,4 +224,9 @@ def test_every_other_culprit_of_a_stall_is_an_event_of_its_span(otel: Otel) -> N
     assert stall.events
     assert {e.name for e in stall.events} == {"loopwatch.stall.culprit"}
     assert {p["code.function.name"] for p in pieces} == {"crunch", "render_report"}
-    assert {p["loopwatch.stall.cause"] for p in pieces} == {"cpu", "wait"}
+    # Beside other processes the loop may also have waited for a CPU: starved, a piece too.
+    assert (
+        {"cpu", "wait"}
+        <= {p["loopwatch.stall.cause"] for p in pieces}
+        <= {"cpu", "wait", "starved"}
+    )
