@@ -529,7 +529,12 @@ def test_a_threads_state_reads_runnable_only_while_it_can_run() -> None:
     sleeper.start()
     try:
         assert sleeper.native_id is not None
-        assert causes.RunQueue(sleeper.native_id).runnable() is False
+        sleeping = causes.RunQueue(sleeper.native_id)
+        # Started, it runs until it blocks in its wait: then for good.
+        deadline = time.monotonic() + 5.0
+        while sleeping.runnable() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert sleeping.runnable() is False
         assert causes.RunQueue(threading.get_native_id()).runnable() is True
     finally:
         stop.set()
