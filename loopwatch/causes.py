@@ -204,6 +204,10 @@ class RunQueue:
         except OSError:
             return None  # the thread has ended
 
+    def __del__(self) -> None:
+        # A pool thread's, kept in its thread-local storage: closed as the thread ends.
+        self.close()
+
     def close(self) -> None:
         """Close the files; later reads are None."""
         for name, fd in self._fds.items():
@@ -328,21 +332,22 @@ def classify(
     # The kernel adds a wait to the figure when the thread runs again: a wait that began
     # before the interval may land in it, but never more of it than the interval holds.
     waited = min(queue, span)
-    if after.loop_runnable and before.loop_runnable is not False:
-        # Runnable when looked at, and not seen blocked before: what the figures do not
-        # show yet was a wait for a CPU (beside two hogs, a spin's first look, 3 ms after
-        # a baseline, read ``wait`` and was charged the stall's first 51 ms).
-        waited = span - loop_cpu
-    if loop_cpu + waited >= MOST * span:
-        # Runnable throughout, on a CPU or waiting for one, never blocked. Running code
-        # for a good part of it: a callback that computes, on a host that shares its
-        # CPUs (cpu); hardly at all: the host did not run it (starved).
-        return Verdict("cpu" if loop_cpu >= BUSY_SHARE * span else "starved", **evidence)
     # Another thread ran while the loop thread did not, and the watchdog could not run
     # either: that thread held the GIL. (A thread in native code that released the GIL,
     # or a pure-Python one handing it over every switch interval, leaves the watchdog
     # on time: then the loop thread was blocked in a call of its own, "wait".)
-    if watchdog_late and holder is not None and holder_cpu >= HOLDER_SHARE * span:
+    held = watchdog_late and holder is not None and holder_cpu >= HOLDER_SHARE * span
+    # Runnable when looked at, and not seen blocked before: what the figures do not show
+    # yet was a wait for a CPU (beside two hogs, a spin's first look, 3 ms after a
+    # baseline, read ``wait`` and was charged the stall's first 51 ms). Not where a
+    # thread held the GIL: the loop, waiting for it, wakes every switch interval.
+    runnable = not held and after.loop_runnable and before.loop_runnable is not False
+    if loop_cpu + waited >= MOST * span or runnable:
+        # Runnable throughout, on a CPU or waiting for one, never blocked. Running code
+        # for a good part of it: a callback that computes, on a host that shares its
+        # CPUs (cpu); hardly at all: the host did not run it (starved).
+        return Verdict("cpu" if loop_cpu >= BUSY_SHARE * span else "starved", **evidence)
+    if held:
         return Verdict("gil", holder=holder, holder_cpu_s=holder_cpu, **evidence)
     if watchdog_late:
         return Verdict("unknown", **evidence)

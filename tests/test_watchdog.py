@@ -521,6 +521,19 @@ def test_a_loop_runnable_when_looked_at_waited_for_a_cpu(
     assert causes.classify(first, then, 0.0, -1, watchdog_late=False).cause == cause
 
 
+def test_a_loop_runnable_while_a_thread_held_the_gil_waited_for_the_gil() -> None:
+    """Waiting for the GIL the loop wakes every switch interval: runnable, now and then.
+
+    Read so, a pool thread's C call that held the GIL read ``starved`` (1 run in 5).
+    """
+    from loopwatch import causes
+
+    first = causes.Reading(0.0, 1.0, 0.5, {7: 2.0}, 0.0, loop_runnable=None)
+    then = causes.Reading(1.0, 1.0, 0.5, {7: 2.9}, 0.0, loop_runnable=True)
+    verdict = causes.classify(first, then, 0.0, -1, watchdog_late=True)
+    assert (verdict.cause, verdict.holder) == ("gil", 7)
+
+
 def test_a_threads_state_reads_runnable_only_while_it_can_run() -> None:
     from loopwatch import causes
 
