@@ -68,7 +68,7 @@ class Evidence:
 
     @property
     def cpu_share(self) -> float:
-        """CPU seconds per wall second of the calls."""
+        """Seconds the calls wanted a CPU (ran on one or waited for one) per wall second."""
         return min(1.0, self.cpu_s / self.wall_s) if self.wall_s > 0 else 0.0
 
     @property

@@ -17,7 +17,7 @@ from loopwatch.choice import MOVE_GIL_SHARE, Evidence, choose
 from loopwatch.gilmeter import MEASURING, GilMeter, Measured
 from loopwatch.strategies import AutoStrategy, Call, ThreadStrategy
 from tests import targets
-from tests.helpers import library_logs
+from tests.helpers import hogs_on_one_cpu, library_logs
 
 
 def on_thread(cpu: float, gil: float, *, stall: float = 0.0, pickle: float = 0.0) -> Evidence:
@@ -456,3 +456,35 @@ def test_moving_back_soon_doubles_the_dwell() -> None:
     moves = [i for i in range(1, len(ran)) if ran[i] != ran[i - 1]]
     assert len(moves) >= 2
     assert strategy._callers["w"].dwell > 4.0
+
+
+def compute_for(seconds: float) -> None:
+    """Native code that lets go of the GIL, for ``seconds`` of CPU time."""
+    import hashlib
+
+    spent = time.thread_time() + seconds
+    while time.thread_time() < spent:
+        hashlib.sha256(b"x" * 1_000_000).digest()
+
+
+def test_a_call_waiting_for_a_cpu_counts_as_computing() -> None:
+    """CI (3.13, two test processes on two CPUs): a hashing worker on auto read "they
+    wait" (CPU 14% of wall time): its threads spent the rest queued for a CPU.
+
+    The call shares one CPU with two hogs: about a third of its wall time on it.
+    """
+    import os
+
+    measured = Measured(compute_for, None)
+    box: list[tuple[Any, float, float]] = []
+
+    def on_the_hogs_cpu(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})
+        box.append(measured(0.1))
+
+    with hogs_on_one_cpu(2) as cpu:
+        thread = threading.Thread(target=on_the_hogs_cpu, args=(cpu,))
+        thread.start()
+        thread.join()
+    _, busy, wall = box[0]
+    assert busy >= 0.8 * wall, (busy, wall)
