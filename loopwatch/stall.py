@@ -11,9 +11,6 @@ from typing import Any
 from loopwatch import causes
 
 Key = tuple[str, str | None, causes.Cause]
-# Less than this of a stall's off-CPU time to recast is the figures' noise: its first and
-# last looks' clocks reach outside it (3 ms measured beside two hogs, a 0.3 s sleep).
-MIN_RECAST_S = 0.005
 
 
 @dataclass
@@ -71,52 +68,32 @@ class Stall:
             self.seconds = {k: v * scale for k, v in self.seconds.items()}
 
     def account_late_queue_wait(self, duration: float) -> None:
-        """Re-read stretches as ``starved`` where the run-queue wait shows they were.
+        """Re-read ``unknown`` stretches as ``starved`` when the run-queue wait covers them.
 
         The kernel adds a thread's run-queue wait to its figures only once it runs again:
-        a look taken while the loop waits for a CPU finds no wait, and no thread running,
-        so it reads ``unknown``, or ``wait`` off the loop's stack; the wait shows up in a
-        later look, or after the last. At the end of the stall the totals tell:
-
-        - a wait that covers the whole stall (measured beside two CPU hogs: 0.354 s of it
-          in a 0.174 s stall) makes every stretch ``starved``: whatever the loop's code
-          did, the host did not run it;
-        - one that covers most of it, the ``unknown`` stretches;
-        - off-CPU stretches (``unknown``, then ``wait``) longer than the time the loop was
-          off a CPU and out of the run queue are ``starved`` for the difference, up to the
-          wait: a spin preempted by the host blocked nothing.
+        while the loop waits for a CPU, every look finds no wait, and no thread running,
+        so those stretches were ``unknown``; the wait shows up in the last one. At the end
+        of the stall the total tells. A wait that covers the whole stall (measured beside
+        two CPU hogs: 0.354 s of it in a 0.174 s stall) makes every stretch ``starved``:
+        whatever the loop's code did, the host did not run it.
         """
         if self.queue_wait_s >= duration:
-            self._recast(("unknown", "cpu", "wait", "gil"), duration)
+            recast: tuple[causes.Cause, ...] = ("unknown", "cpu", "wait", "gil")
+        elif self.queue_wait_s >= causes.MOST * duration:
+            recast = ("unknown",)
+        else:
             return
-        if self.queue_wait_s >= causes.MOST * duration:
-            self._recast(("unknown",), duration)
-        off_cpu = sum(s for k, s in self.seconds.items() if k[2] in ("unknown", "wait"))
-        blocked = max(0.0, duration - self.loop_cpu_s - self.queue_wait_s)
-        excess = min(self.queue_wait_s, off_cpu - blocked)
-        if excess >= MIN_RECAST_S:
-            self._recast(("wait",), excess - self._recast(("unknown",), excess))
-
-    def _recast(self, recast: tuple[causes.Cause, ...], up_to: float) -> float:
-        """Move up to ``up_to`` seconds of the ``recast`` causes' stretches to ``starved``."""
-        done = 0.0
         for key in [k for k in self.seconds if k[2] in recast]:
-            if done >= up_to:
-                break
-            moved = min(self.seconds[key], up_to - done)
-            share = moved / self.seconds[key] if self.seconds[key] > 0 else 1.0
-            done += moved
             starved: Key = (key[0], key[1], "starved")
-            self.seconds[starved] = self.seconds.get(starved, 0.0) + moved
-            self.seconds[key] -= moved
+            self.seconds[starved] = self.seconds.get(starved, 0.0) + self.seconds.pop(key)
             lines = self.lines.setdefault(starved, {})
-            for line, seconds in self.lines[key].items():
-                lines[line] = lines.get(line, 0.0) + seconds * share
-                self.lines[key][line] = seconds * (1 - share)
-            self.first.setdefault(starved, replace(self.first[key], cause="starved"))
-            if share >= 1.0:
-                del self.seconds[key], self.lines[key], self.first[key]
-        return done
+            for line, seconds in self.lines.pop(key, {}).items():
+                lines[line] = lines.get(line, 0.0) + seconds
+            first = self.first.pop(key)
+            self.first.setdefault(
+                starved,
+                replace(first, cause="starved"),
+            )
 
     def _hottest(self, key: Key) -> str:
         lines = self.lines[key]
