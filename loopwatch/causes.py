@@ -165,7 +165,7 @@ class RunQueue:
 
     def __init__(self, native_id: int) -> None:
         self.native_id = native_id
-        self._fds: dict[str, int | None] = {}
+        self._fds: dict[str, int | None] | None = {}  # None once closed
 
     def wait_s(self) -> float | None:
         """Seconds the thread spent runnable but not running; None if unknown."""
@@ -189,14 +189,17 @@ class RunQueue:
         return after_name[0] == b"R" if after_name else None
 
     def _read(self, name: str) -> bytes | None:
-        if name not in self._fds:
-            self._fds[name] = None
+        fds = self._fds
+        if fds is None:
+            return None
+        if name not in fds:
+            fds[name] = None
             # No procfs, or no descriptor left: no figure, not an error.
             with contextlib.suppress(OSError):
-                self._fds[name] = os.open(
+                fds[name] = os.open(
                     f"/proc/self/task/{self.native_id}/{name}", os.O_RDONLY | os.O_CLOEXEC
                 )
-        fd = self._fds[name]
+        fd = fds[name]
         if fd is None:
             return None
         try:
@@ -210,12 +213,10 @@ class RunQueue:
 
     def close(self) -> None:
         """Close the files; later reads are None."""
-        for name, fd in self._fds.items():
+        fds, self._fds = self._fds, None
+        for fd in (fds or {}).values():
             if fd is not None:
                 os.close(fd)
-            self._fds[name] = None
-        self._fds.setdefault("schedstat", None)
-        self._fds.setdefault("stat", None)
 
 
 @dataclass(frozen=True)
