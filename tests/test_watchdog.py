@@ -690,19 +690,17 @@ def test_a_sleep_after_a_loop_waited_for_a_cpu_reads_wait(
     assert event["cause"] == "wait", event
 
 
-def test_spins_never_read_wait_in_their_last_milliseconds(registry: CollectorRegistry) -> None:
-    """The look that finds the loop back reads mostly the idle loop after the stall.
-
-    Its interval was classified whole: a spin that ended early in it left a sliver of
-    ``wait`` (6 spins in 20 had one, up to 12 ms), counted as blocked seconds too.
-    """
+def twelve_spins(registry: CollectorRegistry, cpu: int | None = None) -> None:
+    """Twelve 0.12 s spins on a watched loop (on ``cpu`` alone if given): each reads
+    ``cpu`` or ``starved`` but where the host hid time from the loop's clocks."""
     finished: list[StallEvent] = []
-
     done: list[Spin] = []
 
     async def spins() -> None:
         watcher = Watcher(registry=registry, stall_threshold=0.05, on_stall=finished.append)
-        watcher.start()
+        watcher.start()  # its thread keeps the default CPUs
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         await asyncio.sleep(0.05)
         for _ in range(12):
             done.append(Spin.run(0.12))
@@ -710,11 +708,20 @@ def test_spins_never_read_wait_in_their_last_milliseconds(registry: CollectorReg
         await asyncio.sleep(0.05)
         watcher.stop()
 
-    asyncio.run(spins())
+    run_on_a_thread_of_its_own(spins())
     ended = [e for e in finished if not e.ongoing]
     assert len(ended) >= 10
-    # Beside CPU hogs a spin also waits for a CPU: starved is as true.
     assert_spins_read_cpu_or_starved(ended, done)
+
+
+def test_spins_never_read_wait_in_their_last_milliseconds(registry: CollectorRegistry) -> None:
+    """The look that finds the loop back reads mostly the idle loop after the stall.
+
+    Its interval was classified whole: a spin that ended early in it left a sliver of
+    ``wait`` (6 spins in 20 had one, up to 12 ms), counted as blocked seconds too.
+    Beside CPU hogs a spin also waits for a CPU: ``starved`` is as true.
+    """
+    twelve_spins(registry)
 
 
 def test_spins_beside_hogs_on_their_cpu_read_cpu_or_starved_never_wait(
@@ -723,28 +730,11 @@ def test_spins_beside_hogs_on_their_cpu_read_cpu_or_starved_never_wait(
     """A spin the host preempts is computing or waiting for a CPU: never blocked.
 
     CI (two hogs, load 3) logged a 0.11 s spin with a ``wait`` stretch beside 0.03-0.05 s
-    of run-queue wait: a look read before the kernel accounted the wait (it does so when
-    the thread runs again) said ``wait``, and nothing recast it at the stall's end.
+    of run-queue wait: a look taken while the loop waited for a CPU, before the kernel
+    accounted that wait (it does when the thread runs again), said ``wait``.
     """
-    finished: list[StallEvent] = []
-    done: list[Spin] = []
-
-    async def spins(cpu: int) -> None:
-        watcher = Watcher(registry=registry, stall_threshold=0.05, on_stall=finished.append)
-        watcher.start()  # its thread keeps the default CPUs
-        os.sched_setaffinity(0, {cpu})
-        await asyncio.sleep(0.05)
-        for _ in range(12):
-            done.append(Spin.run(0.12))
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.05)
-        watcher.stop()
-
     with hogs_on_one_cpu(2) as cpu:
-        run_on_a_thread_of_its_own(spins(cpu))
-    ended = [e for e in finished if not e.ongoing]
-    assert len(ended) >= 10
-    assert_spins_read_cpu_or_starved(ended, done)
+        twelve_spins(registry, cpu)
 
 
 def test_a_watchdog_the_host_runs_late_still_reads_a_sleep_as_wait(
