@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 import loopwatch
-from loopwatch.choice import MOVE_GIL_SHARE, Evidence, choose
+from loopwatch.choice import MOVE_GIL_OF_CPU, MOVE_GIL_SHARE, Evidence, choose
 from loopwatch.gilmeter import MEASURING, GilMeter, Measured
 from loopwatch.strategies import AutoStrategy, Call, ThreadStrategy
 from tests import targets
@@ -157,12 +157,16 @@ async def test_auto_moves_pure_python_to_a_process_and_keeps_hashing_on_threads(
     assert decisions["python"]["switches"] == 1
     assert decisions["hashlib"]["switches"] == 0
     # Beside CPU hogs a hashing thread may get 7% of a CPU over its wall time: then the
-    # reason says it waits. Either way it held the GIL too little to move.
+    # reason says it waits. Either way its figures fail the move rule: it held the GIL for
+    # less than the threshold, or for less than half of its CPU time (a busy host's
+    # run-queue wait counts as CPU, so the held share can reach the threshold; CI on 3.13
+    # read 90% CPU, 15% held). The reason rounds to whole percents, hence the point spare.
     reason = decisions["hashlib"]["reason"]
     assert "lets go of it" in reason or "they wait" in reason, reason
-    held = re.search(r"held the GIL for (\d+)%", reason)
-    assert held is not None, reason
-    assert int(held[1]) < MOVE_GIL_SHARE * 100, reason
+    figures = re.search(r"the CPU for (\d+)% .* held the GIL for (\d+)%", reason)
+    assert figures is not None, reason
+    cpu, held = int(figures[1]), int(figures[2])
+    assert held < MOVE_GIL_SHARE * 100 + 1 or held < MOVE_GIL_OF_CPU * cpu + 1, reason
 
 
 async def test_advise_logs_the_decision_and_moves_nothing() -> None:
