@@ -194,16 +194,27 @@ async def test_a_local_cluster_whose_client_fails_is_closed(
         raise OSError("client refused (injected fault)")
 
     before = set(children_of(os.getpid()))
+
+    def cluster_left() -> list[bytes]:
+        cmdlines = [_cmdline(pid) for pid in set(children_of(os.getpid())) - before]
+        # multiprocessing's resource tracker stays for the process's life: not the cluster's.
+        return [c for c in cmdlines if c is not None and b"resource_tracker" not in c]
+
     monkeypatch.setattr(distributed, "Client", refuse)
     strategy = DaskStrategy(n_workers=1)
     with pytest.raises(StrategyError, match="client refused"):
         await strategy.start()
     with contextlib.suppress(TimeoutError):
-        await wait_until(lambda: not set(children_of(os.getpid())) - before, timeout=10)
-    left = set(children_of(os.getpid())) - before
-    cmdlines = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in left}
-    # multiprocessing's resource tracker stays for the process's life: not the cluster's.
-    assert [c for c in cmdlines.values() if b"resource_tracker" not in c] == [], cmdlines
+        await wait_until(lambda: not cluster_left(), timeout=10)
+    assert cluster_left() == []
+
+
+def _cmdline(pid: int) -> bytes | None:
+    """``pid``'s command line, None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except FileNotFoundError:
+        return None
 
 
 def test_a_warm_up_whose_calls_are_cancelled_by_a_close_returns() -> None:
