@@ -52,6 +52,16 @@ def _parse_schedstat(raw: bytes) -> tuple[float, float]:
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+def thread_state(stat: bytes) -> bytes | None:
+    """The state letter of a thread's ``stat`` file text; None where it holds none.
+
+    ``R`` is on a CPU or waiting for one. The name before it may hold any byte, ``)`` too.
+    """
+    end = stat.rfind(b")")
+    letter = stat[end + 2 : end + 3] if end >= 0 else b""
+    return letter or None
+
+
 def run_queue_wait_s(native_id: int) -> float | None:
     """Seconds the thread spent runnable but not running (``schedstat``); None if unknown."""
     found = schedstat(native_id)
@@ -183,10 +193,8 @@ class RunQueue:
         Its state tells them apart.
         """
         raw = self._read("stat")
-        if raw is None:
-            return None
-        after_name = raw.rpartition(b")")[2].split(maxsplit=1)
-        return after_name[0] == b"R" if after_name else None
+        state = None if raw is None else thread_state(raw)
+        return None if state is None else state == b"R"
 
     def _read(self, name: str) -> bytes | None:
         fds = self._fds

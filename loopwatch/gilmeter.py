@@ -184,11 +184,9 @@ class GilMeter:
         files = self._files.get(native)
         if files is None:
             files = self._files[native] = _ThreadFiles(native)
-        stat = files.read(0, self._buffer)
-        end = stat.rfind(b")")
-        if end < 0:
+        letter = causes.thread_state(files.read(0, self._buffer))
+        if letter is None:
             return None
-        letter = stat[end + 2 : end + 3]
         if letter == b"R":
             return "free"
         wchan = files.read(1, self._buffer)
