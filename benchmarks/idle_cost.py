@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from statistics import median
 
+from loopwatch.causes import schedstat
+
 ROOT = Path(__file__).resolve().parent.parent
 
 BARE_TICKER = """
@@ -46,13 +48,12 @@ def cpu_seconds(pid: int) -> float:
     ``/proc/PID/stat`` counts 10 ms ticks: ±0.05% of a core over 20 s, the size of
     what is measured here.
     """
-    total = 0
+    total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            continue  # a thread that ended meanwhile
-    return total / 1e9
+        found = schedstat(int(task.name), pid)
+        if found is not None:  # None: a thread that ended meanwhile
+            total += found[0]
+    return total
 
 
 def free_port() -> int:
